@@ -1,0 +1,25 @@
+"""The CLI entry point: help and version work, and every stage module registers cleanly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from kneepain import __version__
+from kneepain.cli import app
+
+
+def test_version_flag_prints_package_version() -> None:
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"kneepain {__version__}"
+
+
+def test_help_runs_as_a_module() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kneepain", "--help"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Stages pass files" in result.stdout
