@@ -1,0 +1,352 @@
+"""Compute each test subject's class activation maps with the bundle of the fold that held it out.
+
+The maps come from the model's own ``forward_with_cams`` (final feature maps times the classifier
+weights of each slice location, in the same pass as the prediction), never from a generic
+Grad-CAM hook: a Siamese branch is used twice per pair, so a per-layer hook would mix both knees.
+Out-of-fold: a subject's maps come from the one bundle that never saw it in training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kneepain import __version__
+from kneepain.contracts import (
+    BUNDLE_META,
+    CACHE_ARRAY,
+    CACHE_INDEX,
+    IMAGE_SIZE,
+    KNEES,
+    LABEL_RIGHT_PAINFUL,
+    N_SLICES,
+    PREDICTIONS_TABLE,
+    PREPROCESS_DIR,
+    open_cache,
+    read_cache_index,
+)
+from kneepain.fileio import atomic_path, write_csv, write_json
+
+RUN_INFO = "run.json"
+CAM_DIR = "cam"
+CAM_ARRAY = "cams.npy"
+CAM_INDEX = "index.csv"
+CAM_META = "meta.json"
+OVERLAY_DIR = "overlays"
+CAM_INDEX_COLUMNS = [
+    "subject_id",
+    "cache_row",
+    "fold",
+    "label",
+    "prob_right",
+    "painful_side",
+    "predicted_side",
+    "correct",
+    "best_slice",
+    "cam_mean_painful",
+    "cam_mean_other",
+]
+
+BundleLoader = Callable[[Path], tuple[Any, dict[str, Any]]]
+
+
+class CamInputError(ValueError):
+    """A run, cache or bundle the CAM stage needs is missing or inconsistent; the message names it."""
+
+
+@dataclass
+class RunInputs:
+    """What the CAM stage reads from a run folder and its work folder."""
+
+    run_dir: Path
+    info: dict[str, Any]
+    work: Path
+    run_id: str
+    subjects: pd.DataFrame  # one row per test subject: subject_id, fold, prob_right, label, cache_row
+
+
+@dataclass
+class CamResult:
+    """Raw CAMs (subjects, 2 knees, 23 slices, h, w) and their index table, in the same row order."""
+
+    cams: np.ndarray
+    index: pd.DataFrame
+    meta: dict[str, Any]
+
+
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    """The run's ``run.json`` (empty when absent); a malformed file is an error naming it."""
+    path = run_dir / RUN_INFO
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise CamInputError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(info, dict):
+        raise CamInputError(f"{path}: expected a JSON object")
+    return info
+
+
+def work_folder(run_dir: Path, info: dict[str, Any]) -> Path:
+    """The work folder: ``work`` from run.json (relative to the run), else WORK of WORK/runs/<run>."""
+    if info.get("work"):
+        work = Path(str(info["work"]))
+        return work if work.is_absolute() else (run_dir / work).resolve()
+    return run_dir.resolve().parent.parent
+
+
+def run_identity(run_dir: str | Path) -> str:
+    """A stable id for a run: ``run_id`` from run.json, else the folder name plus a predictions hash.
+
+    The review database stores it so a database can never be silently used with another run.
+    """
+    run_dir = Path(run_dir)
+    info = read_run_info(run_dir)
+    if info.get("run_id"):
+        return str(info["run_id"])
+    predictions = run_dir / PREDICTIONS_TABLE
+    if not predictions.exists():
+        raise CamInputError(f"{predictions}: predictions table not found (has the cv/train stage run?)")
+    digest = hashlib.sha256(predictions.read_bytes()).hexdigest()[:12]
+    return f"{run_dir.resolve().name}-{digest}"
+
+
+def read_run(run_dir: str | Path) -> RunInputs:
+    """Read a run's test predictions and join them with the slice-cache rows; errors name files and ids."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CamInputError(f"{run_dir}: run folder not found")
+    info = read_run_info(run_dir)
+    work = work_folder(run_dir, info)
+    path = run_dir / PREDICTIONS_TABLE
+    if not path.exists():
+        raise CamInputError(f"{path}: predictions table not found (has the cv/train stage run?)")
+    predictions = pd.read_csv(path, dtype={"subject_id": str, "split": str})
+    missing = [c for c in ("subject_id", "fold", "split", "prob_right", "label") if c not in predictions]
+    if missing:
+        raise CamInputError(f"{path}: lacks column(s) {missing}")
+    test = predictions[predictions["split"] == "test"].copy()
+    if test.empty:
+        raise CamInputError(f"{path}: no rows with split 'test'")
+    duplicated = test["subject_id"][test["subject_id"].duplicated()].unique().tolist()
+    if duplicated:
+        raise CamInputError(f"{path}: subject(s) {duplicated[:10]} appear more than once as test subjects")
+    index_path = work / PREPROCESS_DIR / CACHE_INDEX
+    if not index_path.exists():
+        raise CamInputError(
+            f"{index_path}: slice-cache index not found (work folder from {run_dir / RUN_INFO})"
+        )
+    cache_index = read_cache_index(index_path)[["row", "subject_id"]]
+    joined = test.merge(cache_index, on="subject_id", how="left")
+    absent = joined.loc[joined["row"].isna(), "subject_id"].tolist()
+    if absent:
+        raise CamInputError(f"{index_path}: test subject(s) {absent[:10]} of {path} have no cache row")
+    joined = joined.rename(columns={"row": "cache_row"})
+    joined["cache_row"] = joined["cache_row"].astype(int)
+    joined["fold"] = joined["fold"].astype(int)
+    joined["label"] = joined["label"].astype(int)
+    subjects = joined[["subject_id", "fold", "prob_right", "label", "cache_row"]]
+    subjects = subjects.sort_values("subject_id").reset_index(drop=True)
+    return RunInputs(run_dir, info, work, run_identity(run_dir), subjects)
+
+
+def bundle_dir(run_dir: Path, fold: int) -> Path:
+    """Where the bundle of one fold lives: ``RUN/fold_XX/bundle``."""
+    return run_dir / f"fold_{fold:02d}" / "bundle"
+
+
+def model_input_size(meta: dict[str, Any]) -> int:
+    """The slice size a bundle's model expects (its preprocessing record), the cache's 224 when unstated."""
+    for holder in (meta, meta.get("preprocessing") or {}, meta.get("architecture") or {}):
+        if not isinstance(holder, dict):
+            continue
+        for key in ("input_size", "image_size"):
+            value = holder.get(key)
+            if isinstance(value, int):
+                return value
+            if isinstance(value, list | tuple) and value and isinstance(value[-1], int):
+                return int(value[-1])
+    return IMAGE_SIZE
+
+
+def best_slice(knee_cams: np.ndarray) -> int:
+    """The paper's rule: the slice whose CAM has the highest mean (first one on ties)."""
+    return int(np.argmax(knee_cams.reshape(knee_cams.shape[0], -1).mean(axis=1)))
+
+
+def default_loader() -> BundleLoader:
+    """``kneepain.model.load_bundle``, with a clear error when the model package is not available."""
+    try:
+        from kneepain.model import load_bundle
+    except ImportError as error:
+        raise CamInputError(
+            f"cannot load model bundles: kneepain.model is not importable ({error})"
+        ) from error
+    return load_bundle
+
+
+def compute_cams(
+    run: RunInputs,
+    loader: BundleLoader | None = None,
+    batch_size: int = 4,
+    device: str = "cpu",
+    on_batch: Callable[[int], None] | None = None,
+) -> CamResult:
+    """Run each fold's bundle over its test subjects' cache rows and collect the raw CAMs.
+
+    ``loader(bundle_dir) -> (model, meta)`` defaults to ``kneepain.model.load_bundle``; the model
+    must offer ``forward_with_cams(x) -> (logits, cams)`` with cams (B, 2, 23, h, w).
+    """
+    import torch
+    from torch.nn import functional
+
+    load = loader or default_loader()
+    cache_path = run.work / PREPROCESS_DIR / CACHE_ARRAY
+    if not cache_path.exists():
+        raise CamInputError(f"{cache_path}: slice cache not found")
+    cache = open_cache(cache_path)
+    too_far = run.subjects.loc[run.subjects["cache_row"] >= cache.shape[0], "subject_id"].tolist()
+    if too_far:
+        raise CamInputError(
+            f"{cache_path}: has {cache.shape[0]} rows; subject(s) {too_far[:10]} point past it"
+        )
+    cams: np.ndarray | None = None
+    bundles: dict[str, Any] = {}
+    for fold, rows in run.subjects.groupby("fold", sort=True):
+        path = bundle_dir(run.run_dir, int(fold))
+        if not (path / BUNDLE_META).exists():
+            raise CamInputError(f"{path}: bundle of fold {fold} not found ({BUNDLE_META} missing)")
+        model, meta = load(path)
+        model = model.to(device).eval()
+        size = model_input_size(meta)
+        bundles[str(int(fold))] = {
+            "path": str(path),
+            "input_size": size,
+            "architecture": meta.get("architecture"),
+        }
+        positions = rows.index.to_numpy()
+        for start in range(0, len(positions), batch_size):
+            chunk = positions[start : start + batch_size]
+            block = np.stack([cache[r] for r in run.subjects.loc[chunk, "cache_row"]])
+            x = torch.from_numpy(block.astype(np.float32) / 255.0)
+            if size != x.shape[-1]:
+                flat = x.reshape(-1, 1, *x.shape[-2:])
+                x = functional.interpolate(flat, size=(size, size), mode="area").reshape(
+                    *x.shape[:3], size, size
+                )
+            with torch.inference_mode():
+                _, batch_cams = model.forward_with_cams(x.to(device))
+            batch_cams = batch_cams.float().cpu().numpy()
+            if batch_cams.ndim != 5 or batch_cams.shape[:3] != (len(chunk), 2, N_SLICES):
+                raise CamInputError(
+                    f"{path}: forward_with_cams returned shape {batch_cams.shape}, "
+                    f"expected ({len(chunk)}, 2, {N_SLICES}, h, w)"
+                )
+            if cams is None:
+                cams = np.zeros((len(run.subjects), *batch_cams.shape[1:]), dtype=np.float32)
+            cams[chunk] = batch_cams
+            if on_batch is not None:
+                on_batch(len(chunk))
+    assert cams is not None  # read_run guarantees at least one test subject
+    index = cam_index(run.subjects, cams)
+    meta = {
+        "run_id": run.run_id,
+        "map_size": list(cams.shape[-2:]),
+        "bundles": bundles,
+        "backbone": _backbone_name(bundles),
+        "package_version": __version__,
+    }
+    return CamResult(cams, index, meta)
+
+
+def _backbone_name(bundles: dict[str, Any]) -> str:
+    """The backbone named in the bundles' architecture record ('unknown' when none says)."""
+    for entry in bundles.values():
+        arch = entry.get("architecture")
+        if isinstance(arch, dict):
+            for key in ("backbone", "branch", "name"):
+                if arch.get(key):
+                    return str(arch[key])
+        elif isinstance(arch, str) and arch:
+            return arch
+    return "unknown"
+
+
+def cam_index(subjects: pd.DataFrame, cams: np.ndarray) -> pd.DataFrame:
+    """The CAM index table: who each row of ``cams`` is, how it was predicted, and its best slice."""
+    painful = np.where(subjects["label"].to_numpy() == LABEL_RIGHT_PAINFUL, 1, 0)
+    predicted = np.where(subjects["prob_right"].to_numpy() >= 0.5, 1, 0)
+    best = [best_slice(cams[i, painful[i]]) for i in range(len(subjects))]
+    means = cams.mean(axis=(-2, -1))  # (N, 2, S)
+    rows = np.arange(len(subjects))
+    frame = subjects[["subject_id", "cache_row", "fold", "label", "prob_right"]].copy()
+    frame["painful_side"] = [KNEES[k] for k in painful]
+    frame["predicted_side"] = [KNEES[k] for k in predicted]
+    frame["correct"] = painful == predicted
+    frame["best_slice"] = best
+    frame["cam_mean_painful"] = means[rows, painful, best]
+    frame["cam_mean_other"] = means[rows, 1 - painful, best]
+    return frame[CAM_INDEX_COLUMNS]
+
+
+def write_cam_outputs(cam_dir: str | Path, result: CamResult) -> None:
+    """Write ``cams.npy``, ``index.csv`` and ``meta.json`` into ``cam_dir`` (each file atomically)."""
+    cam_dir = Path(cam_dir)
+    if len(result.index) != result.cams.shape[0]:
+        raise ValueError(f"CAM index has {len(result.index)} rows but the array has {result.cams.shape[0]}")
+    with atomic_path(cam_dir / CAM_ARRAY) as tmp, tmp.open("wb") as handle:
+        np.save(handle, result.cams.astype(np.float32))
+    write_csv(cam_dir / CAM_INDEX, result.index)
+    write_json(cam_dir / CAM_META, result.meta)
+
+
+@dataclass
+class CamOutputs:
+    """A run's stored CAM outputs, opened read-only for overlays, localization and review."""
+
+    run_dir: Path
+    cams: np.ndarray
+    index: pd.DataFrame
+    meta: dict[str, Any]
+    cache: np.ndarray
+
+
+def read_cam_outputs(run_dir: str | Path, cam_dir: str | Path | None = None) -> CamOutputs:
+    """Open ``RUN/cam`` (maps, index, meta) and the slice cache; a run without CAMs is a clear error.
+
+    ``cam_dir`` reads the CAM files from elsewhere (the stage's temporary folder before it is swapped in).
+    """
+    run_dir = Path(run_dir)
+    cam_dir = Path(cam_dir) if cam_dir is not None else run_dir / CAM_DIR
+    for name in (CAM_ARRAY, CAM_INDEX, CAM_META):
+        if not (cam_dir / name).exists():
+            raise CamInputError(f"{cam_dir / name}: not found; run `kneepain cam {run_dir}` first")
+    cams = np.load(cam_dir / CAM_ARRAY, mmap_mode="r")
+    index = pd.read_csv(cam_dir / CAM_INDEX, dtype={"subject_id": str, "painful_side": str})
+    missing = [c for c in CAM_INDEX_COLUMNS if c not in index.columns]
+    if missing:
+        raise CamInputError(f"{cam_dir / CAM_INDEX}: lacks column(s) {missing}")
+    if cams.ndim != 5 or cams.shape[0] != len(index) or cams.shape[1:3] != (2, N_SLICES):
+        raise CamInputError(
+            f"{cam_dir / CAM_ARRAY}: shape {cams.shape} does not match "
+            f"{len(index)} index rows x 2 x {N_SLICES}"
+        )
+    meta = json.loads((cam_dir / CAM_META).read_text(encoding="utf-8"))
+    work = work_folder(run_dir, read_run_info(run_dir))
+    cache_path = work / PREPROCESS_DIR / CACHE_ARRAY
+    if not cache_path.exists():
+        raise CamInputError(f"{cache_path}: slice cache not found (work folder of {run_dir})")
+    cache = open_cache(cache_path)
+    if int(index["cache_row"].max()) >= cache.shape[0]:
+        raise CamInputError(
+            f"{cam_dir / CAM_INDEX}: cache rows point past {cache_path} ({cache.shape[0]} rows)"
+        )
+    return CamOutputs(run_dir, cams, index, meta, cache)

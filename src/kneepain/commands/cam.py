@@ -1,0 +1,63 @@
+"""`kneepain cam RUN`: class activation maps, overlays and measured localization of a trained run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `cam` command."""
+
+    @app.command("cam")
+    def cam(
+        run: Path = typer.Argument(..., help="Run folder WORK/runs/<run> (predictions.csv, fold_XX/bundle)."),
+        truth: Path | None = typer.Option(
+            None, "--truth", help="Synthetic truth/ folder: measure localization against its lesion masks."
+        ),
+        cache_masks: Path | None = typer.Option(
+            None, "--cache-masks", help="Folder of <ID>_<side>.npz lesion volumes already in cache space."
+        ),
+        batch_size: int = typer.Option(4, min=1, help="Subjects per forward pass."),
+        device: str = typer.Option("cpu", help="torch device: cpu, cuda, or auto."),
+        overlays: bool = typer.Option(True, help="Write overlays/<ID>_<side>.png figures."),
+        tolerance: int = typer.Option(1, min=0, help="Pointing-game tolerance in CAM cells."),
+    ) -> None:
+        """Compute each test subject's CAMs with the bundle of its held-out fold; write RUN/cam/.
+
+        Writes cams.npy (raw maps, subjects x 2 knees x 23 slices x h x w), index.csv (best slice:
+        highest mean CAM of the painful knee), overlays/, localization.csv|json (area above 0.5
+        after min-max normalisation; with truth: pointing game, energy in lesions, lesion table).
+        """
+        from kneepain.cam.compute import CamInputError
+        from kneepain.cam.stage import run_cam_stage
+        from kneepain.console import console, stage
+
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        with stage("cam") as info:
+            try:
+                summary = run_cam_stage(
+                    run,
+                    truth,
+                    cache_masks,
+                    batch_size=batch_size,
+                    device=device,
+                    overlays=overlays,
+                    tolerance_cells=tolerance,
+                )
+            except CamInputError as error:
+                console.print(f"[red]cam: {error}")
+                raise typer.Exit(2) from error
+            info["subjects"] = summary["subjects"]
+            info["backbone"] = summary["backbone"]
+            info["area>0.5"] = (
+                f"{summary['area_above_half_pct_mean']:.1f} +/- {summary['area_above_half_pct_sd']:.1f}%"
+            )
+            if summary["pointing_hit_rate_correct"] is not None:
+                info["pointing (correct)"] = (
+                    f"{100 * summary['pointing_hit_rate_correct']:.1f}% of {summary['pointing_n_correct']}"
+                )

@@ -1,0 +1,59 @@
+"""`kneepain preprocess`: centre slice, registration, crop, QC and the slice cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError as error:
+        raise typer.BadParameter(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from error
+    if not (n >= 1 and 0 <= i < n):
+        raise typer.BadParameter(f"--shard i/n needs 0 <= i < n, got {text!r}")
+    return i, n
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `preprocess` command."""
+
+    @app.command("preprocess")
+    def preprocess(
+        work: Path = typer.Argument(..., help="Work folder holding ingest/ (series.csv, cohort.csv)."),
+        workers: int = typer.Option(0, help="Processes (0: all cores)."),
+        shard: str = typer.Option("", help="Process every n-th subject starting at i ('i/n'); no merge."),
+        no_register: bool = typer.Option(
+            False, "--no-register", help="The paper's ablation: slices 8-30 of the raw series, no alignment."
+        ),
+        centres: Path | None = typer.Option(
+            None,
+            help="CSV subject_id,side,centre_slice (0-based, InstanceNumber order) overriding detection.",
+        ),
+        qc_overrides: Path | None = typer.Option(
+            None, help="CSV subject_id,side(left/right/both),qc_pass(true/false),note overriding QC flags."
+        ),
+        merge_only: bool = typer.Option(False, help="Only join the shards' parts into the cache."),
+    ) -> None:
+        """Build the registered, cropped slice cache (WORK/preprocess/) with its QC report."""
+        from kneepain.console import console
+        from kneepain.preprocess import CacheMismatchError, PreprocessInputError, run_preprocess
+
+        try:
+            summary = run_preprocess(
+                work,
+                workers=workers or None,
+                shard=_parse_shard(shard),
+                register=not no_register,
+                centre_csv=centres,
+                qc_override_csv=qc_overrides,
+                merge_only=merge_only,
+            )
+        except (CacheMismatchError, PreprocessInputError, ValueError) as error:
+            console.print(f"[red]preprocess: {error}")
+            raise typer.Exit(1) from error
+        console.print(", ".join(f"{key} {value}" for key, value in summary.items()))

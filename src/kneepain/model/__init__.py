@@ -1,0 +1,22 @@
+"""The Siamese network (branches, combination, CAMs) and its safetensors + JSON bundles."""
+
+from kneepain.model.branches import VGG16GAP, AlexNetGAP, KneeNet, build_branch, load_pretrained
+from kneepain.model.bundle import BundleError, load_bundle, read_bundle_meta, save_bundle
+from kneepain.model.siamese import COMBINATIONS, MODES, ModelConfig, SiameseNet, build_model
+
+__all__ = [
+    "COMBINATIONS",
+    "MODES",
+    "VGG16GAP",
+    "AlexNetGAP",
+    "BundleError",
+    "KneeNet",
+    "ModelConfig",
+    "SiameseNet",
+    "build_branch",
+    "build_model",
+    "load_bundle",
+    "load_pretrained",
+    "read_bundle_meta",
+    "save_bundle",
+]

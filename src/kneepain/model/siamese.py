@@ -1,0 +1,177 @@
+"""The Siamese network of the paper (Figure 2A): one branch per slice location, shared by both knees.
+
+Input ``x``: float (B, 2 knees [left, right], S slices, H, W) in [0, 1]. For every location s the
+left and the right slice go through the same branch; each map is globally average-pooled to a
+vector g; the pair is combined (``combine``); the S locations' vectors are concatenated into one
+linear classifier with 2 outputs (class 1 = right knee painful).
+
+Combinations (``combine``):
+- ``relu_diff`` (the published code): z = ReLU(g_left - g_right), per channel.
+- ``diff``: z = g_left - g_right (signed).
+- ``concat``: z = [g_left, g_right].
+
+Class activation maps (``forward_with_cams``), computed from the same forward pass. Let
+w = W[1] - W[0] be the classifier's weights on the logit difference d = logit_1 - logit_0 (the only
+thing softmax sees), split per location into w_s, and f_k,s the final maps (C, h, w) of knee k.
+Each knee's CAM is that knee's own contribution to the evidence that IT is the painful knee:
+- ``diff``: d = b + sum_s [mean(w_s . f_L,s) - mean(w_s . f_R,s)]; the right knee enters with a minus
+  sign, so CAM_R,s = -(w_s . f_R,s) (its contribution to d) and CAM_L,s = -(w_s . f_L,s) (its
+  contribution to -d, the evidence for left).
+- ``relu_diff``: ReLU(u) = 1[u > 0] * u exactly, so with the gate a_s = 1[g_L,s > g_R,s] taken from
+  this forward pass the model is, for this input, exactly ``diff`` with weights a_s * w_s. The
+  gated weights give the maps; a channel where the right knee's pooled value is at least the
+  left's is closed for both knees and contributes to neither map.
+- ``concat``: with w_s = [u_s, v_s], CAM_L,s = -(u_s . f_L,s) and CAM_R,s = +(v_s . f_R,s).
+In every case, exactly (up to rounding):
+    logit_1 - logit_0 = (b_1 - b_0) + sum_s mean_hw(CAM_R,s) - sum_s mean_hw(CAM_L,s).
+
+Two ways to train (``mode``):
+- ``joint``: one branch shared by all locations, trained end to end.
+- ``paper``: one branch and one head per location (``location_heads``), each trained on its
+  location alone; then the logistic ``classifier`` is fitted on their pooled features, as the
+  published code did. The forward pass and CAMs are the same code in both modes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from kneepain.contracts import IMAGE_SIZE, N_SLICES
+from kneepain.model.branches import BRANCHES, build_branch
+
+COMBINATIONS = ("relu_diff", "diff", "concat")
+MODES = ("joint", "paper")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture: everything needed to rebuild the network before loading its weights."""
+
+    branch: str = "kneenet"
+    width: float = 1.0
+    input_size: int = IMAGE_SIZE
+    combine: str = "relu_diff"
+    mode: str = "paper"
+    n_locations: int = N_SLICES
+
+    def __post_init__(self) -> None:
+        if self.branch not in BRANCHES:
+            raise ValueError(f"branch must be one of {BRANCHES}, got {self.branch!r}")
+        if self.combine not in COMBINATIONS:
+            raise ValueError(f"combine must be one of {COMBINATIONS}, got {self.combine!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not (self.width > 0 and self.input_size >= 16 and self.n_locations >= 1):
+            raise ValueError(f"width > 0, input_size >= 16 and n_locations >= 1 expected, got {self}")
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain dict for model.json."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_json`; unknown keys (e.g. ``name``) are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class SiameseNet(nn.Module):
+    """Siamese pain classifier over 2 knees x S slice locations (see the module docstring)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        n_branches = config.n_locations if config.mode == "paper" else 1
+        self.branches = nn.ModuleList(build_branch(config.branch, config.width) for _ in range(n_branches))
+        channels = self.branches[0].out_channels
+        self.feature_dim = 2 * channels if config.combine == "concat" else channels
+        self.classifier = nn.Linear(config.n_locations * self.feature_dim, 2)
+        self.location_heads = nn.ModuleList(
+            nn.Linear(self.feature_dim, 2) for _ in range(n_branches if config.mode == "paper" else 0)
+        )
+        self.channels_last = False
+
+    # -- pieces -------------------------------------------------------------------------------
+    def _run_branch(self, index: int, slices: torch.Tensor) -> torch.Tensor:
+        """Maps of a (N, H, W) stack through branch ``index``: (N, C, h, w)."""
+        x = slices.unsqueeze(1)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.branches[index](x)
+
+    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """Final maps of every knee and slice: (B, 2, S, C, h, w)."""
+        if x.ndim != 5 or x.shape[1] != 2 or x.shape[2] != self.config.n_locations:
+            raise ValueError(f"expected input (B, 2, {self.config.n_locations}, H, W), got {tuple(x.shape)}")
+        b, _, s, h, w = x.shape
+        if len(self.branches) == 1:  # one batched call over all knees and slices
+            maps = self._run_branch(0, x.reshape(b * 2 * s, h, w))
+            return maps.reshape(b, 2, s, *maps.shape[1:])
+        per_location = [self._run_branch(i, x[:, :, i].reshape(b * 2, h, w)) for i in range(s)]
+        return torch.stack([m.reshape(b, 2, *m.shape[1:]) for m in per_location], dim=2)
+
+    def combine(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Combine pooled (..., 2, [S,] C) pairs along the knee axis 1 -> (..., [S,] D)."""
+        left, right = pooled[:, 0], pooled[:, 1]
+        if self.config.combine == "relu_diff":
+            return torch.relu(left - right)
+        if self.config.combine == "diff":
+            return left - right
+        return torch.cat([left, right], dim=-1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Combined pooled features per location: (B, S, D); the classifier's input."""
+        return self.combine(self.feature_maps(x).mean(dim=(-2, -1)))
+
+    # -- outputs ------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 2) of a batch (B, 2, S, H, W); class 1 = right knee painful."""
+        return self.classifier(self.features(x).flatten(1))
+
+    def forward_location(self, pair: torch.Tensor, location: int) -> torch.Tensor:
+        """``paper`` mode, stage 1: logits of location ``location``'s own model on (B, 2, H, W)."""
+        if self.config.mode != "paper":
+            raise ValueError("forward_location exists only in 'paper' mode (one model per location)")
+        b, _, h, w = pair.shape
+        maps = self._run_branch(location, pair.reshape(b * 2, h, w))
+        pooled = maps.mean(dim=(-2, -1)).reshape(b, 2, -1)
+        return self.location_heads[location](self.combine(pooled))
+
+    def forward_with_cams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, 2) and CAMs (B, 2 knees, S, h, w) from one forward pass (no hooks).
+
+        ``cams[:, k]`` is knee k's evidence that it is the painful knee; see the module docstring
+        for the exact identity with the logits.
+        """
+        maps = self.feature_maps(x)
+        pooled = maps.mean(dim=(-2, -1))
+        z = self.combine(pooled)
+        logits = self.classifier(z.flatten(1))
+        maps32 = maps.float()
+        weight = self.classifier.weight.float()
+        w = (weight[1] - weight[0]).reshape(self.config.n_locations, self.feature_dim)
+        left, right = maps32[:, 0], maps32[:, 1]
+        if self.config.combine == "concat":
+            c = left.shape[2]
+            cam_left = -torch.einsum("bschw,sc->bshw", left, w[:, :c])
+            cam_right = torch.einsum("bschw,sc->bshw", right, w[:, c:])
+        else:
+            if self.config.combine == "relu_diff":
+                gate = (pooled[:, 0] - pooled[:, 1] > 0).float()  # (B, S, C): the ReLU's state
+                gated = gate * w
+            else:
+                gated = w.expand(x.shape[0], -1, -1)
+            cam_left = -torch.einsum("bschw,bsc->bshw", left, gated)
+            cam_right = -torch.einsum("bschw,bsc->bshw", right, gated)
+        return logits, torch.stack([cam_left, cam_right], dim=1)
+
+
+def build_model(config: dict[str, Any] | ModelConfig) -> SiameseNet:
+    """A freshly initialised :class:`SiameseNet` for ``config`` (a ModelConfig or its JSON dict)."""
+    if isinstance(config, dict):
+        config = ModelConfig.from_json(config)
+    return SiameseNet(config)

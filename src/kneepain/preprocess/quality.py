@@ -1,0 +1,247 @@
+"""Automatic quality flags per knee, and the manual list that overrides them.
+
+Flags (each with a reason string that goes on record):
+- ``unreadable_series``: the series folder could not be read as one sagittal knee.
+- ``too_few_slices``: fewer than 11 slices on either side of the centre slice.
+- ``missing_slices``: a gap in slice positions (> gap_ratio x the usual spacing) inside the window.
+- ``blank_slices``: a slice in the window with almost no signal variation.
+- ``registration_failed``: ECC did not converge, the fit is poor, or the pose is implausible.
+- ``misalignment``: a slice's pose departs from the rest of its knee (motion within the scan).
+- ``motion``: ghost copies of the anatomy along the phase-encoding (column) direction.
+- ``foreign_object``: a large signal void inside the knee (metal).
+- ``high_contrast``: a sub-region far brighter than the knee's tissue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kneepain.preprocess.registration import Pose, RegistrationResult
+
+FLAGS = (
+    "unreadable_series",
+    "too_few_slices",
+    "missing_slices",
+    "blank_slices",
+    "registration_failed",
+    "misalignment",
+    "motion",
+    "foreign_object",
+    "high_contrast",
+)
+
+
+@dataclass
+class KneeQC:
+    """QC outcome of one knee: the flags raised with their reasons."""
+
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def flag(self, name: str, reason: str) -> None:
+        if name not in FLAGS:
+            raise ValueError(f"unknown QC flag {name!r}")
+        self.reasons.setdefault(name, reason)
+
+    @property
+    def passed(self) -> bool:
+        return not self.reasons
+
+    def reason_text(self) -> str:
+        return "; ".join(f"{name}: {text}" for name, text in self.reasons.items())
+
+
+def check_window(n_slices: int, centre: int, half: int, qc: KneeQC) -> None:
+    """Flag a centre without ``half`` slices on both sides."""
+    below, above = centre, n_slices - 1 - centre
+    if below < half or above < half:
+        qc.flag(
+            "too_few_slices",
+            f"{n_slices} slices, centre {centre}: {below} medial / {above} lateral, need {half}",
+        )
+
+
+def check_gaps(positions_mm: np.ndarray, window: Sequence[int], gap_ratio: float, qc: KneeQC) -> None:
+    """Flag missing slices: a step between neighbours much larger than the series' usual spacing."""
+    if positions_mm.size < 3:
+        return
+    steps = np.diff(positions_mm)
+    usual = float(np.median(steps))
+    lo = max(min(window), 0)
+    hi = min(max(window), positions_mm.size - 1)
+    inside = steps[lo:hi]
+    if usual > 0 and inside.size and float(inside.max()) > gap_ratio * usual:
+        at = lo + int(np.argmax(inside))
+        qc.flag("missing_slices", f"gap of {inside.max():.1f} mm after slice {at} (usual {usual:.1f} mm)")
+
+
+def check_blank(stack: np.ndarray, valid: np.ndarray, std_ratio: float, qc: KneeQC) -> None:
+    """Flag slices whose standard deviation is a small fraction of the knee's typical slice."""
+    stds = stack.reshape(stack.shape[0], -1).std(axis=1)
+    typical = float(np.median(stds[valid])) if valid.any() else 0.0
+    blank = np.flatnonzero(valid & (stds < std_ratio * typical)) if typical > 0 else np.flatnonzero(valid)
+    if blank.size:
+        qc.flag("blank_slices", f"{blank.size} blank slice(s) at window position(s) {blank.tolist()[:5]}")
+
+
+def check_registration(
+    knee_pose: Pose | None,
+    results: Sequence[RegistrationResult | None],
+    core_half: int,
+    limits: dict[str, float],
+    qc: KneeQC,
+) -> None:
+    """Flag divergence (no knee pose, poor fit of the central slices, implausible pose) and slices
+    that would not follow the knee's pose (misalignment within the scan, e.g. motion)."""
+    half = len(results) // 2
+    core = [r for r in results[half - core_half : half + core_half + 1] if r is not None]
+    if knee_pose is None:
+        if core:
+            qc.flag("registration_failed", "no central slice converged")
+        return
+    fit = float(np.median([r.correlation for r in core])) if core else 0.0
+    shift = float(np.hypot(knee_pose.shift_row_mm, knee_pose.shift_col_mm))
+    if fit < limits["min_correlation"]:
+        qc.flag(
+            "registration_failed", f"central slices fit the template poorly (median correlation {fit:.2f})"
+        )
+    elif abs(knee_pose.rotation_deg) > limits["max_rotation_deg"] or shift > limits["max_shift_mm"]:
+        qc.flag(
+            "registration_failed",
+            f"implausible pose {knee_pose.rotation_deg:.1f} deg, {shift:.1f} mm (diverged)",
+        )
+    fallbacks = sum(1 for r in results if r is not None and r.fallback)
+    if fallbacks > limits["max_fallback_slices"]:
+        qc.flag("misalignment", f"{fallbacks} slice(s) would not align with the knee's pose")
+
+
+def ghosting_score(image: np.ndarray, spacing_col_mm: float, min_lag_mm: float = 10.0) -> float:
+    """Height of the largest autocorrelation peak of the column-derivative image beyond ``min_lag_mm``.
+
+    Motion during a scan repeats the anatomy at a fixed distance along the phase-encoding
+    (column) direction. Edges (the derivative) decorrelate within a few millimetres in normal
+    anatomy, so their autocorrelation is near 0 at long lags, while a ghost copy gives a sharp
+    peak at its distance whose height is the ghost's relative strength.
+    """
+    edges = np.diff(image[::2].astype(np.float32), axis=1)  # every other row: 4x less work, same peak
+    edges -= edges.mean(axis=1, keepdims=True)
+    n = edges.shape[1]
+    import scipy.fft
+
+    spectrum = scipy.fft.rfft(edges, n=scipy.fft.next_fast_len(2 * n, real=True), axis=1)
+    ac = scipy.fft.irfft(np.abs(spectrum) ** 2, axis=1)[:, :n].sum(axis=0)
+    if ac[0] <= 0:
+        return 0.0
+    first = max(2, int(min_lag_mm / spacing_col_mm))
+    return float(ac[first : n // 2].max() / ac[0])
+
+
+def check_motion(images: Sequence[np.ndarray], spacing_col_mm: float, threshold: float, qc: KneeQC) -> None:
+    """Flag ghosting when the median ghosting score of the given (central) slices is high."""
+    if not images:
+        return
+    score = float(np.median([ghosting_score(image, spacing_col_mm) for image in images]))
+    if score > threshold:
+        qc.flag("motion", f"ghosting along the phase direction (score {score:.2f} > {threshold:g})")
+
+
+def check_contrast(
+    stack: np.ndarray, valid: np.ndarray, spacing_mm: float, limits: dict[str, float], qc: KneeQC
+) -> None:
+    """Flag a bright sub-region (high contrast) or a large void inside the knee (foreign object)."""
+    if not valid.any():
+        return
+    tissue = stack[valid]
+    sample = tissue[:, ::2, ::2]
+    reference = float(np.percentile(sample[sample > 0], 95)) if np.any(sample > 0) else 0.0
+    if reference <= 0:
+        return
+    pixel_area = spacing_mm**2
+    bright = tissue > limits["bright_ratio"] * reference
+    bright_area = bright.reshape(bright.shape[0], -1).sum(axis=1).max() * pixel_area
+    if bright_area > limits["bright_area_mm2"]:
+        qc.flag(
+            "high_contrast",
+            f"{bright_area:.0f} mm2 brighter than {limits['bright_ratio']:g}x the tissue level",
+        )
+    # A void: a dark region too thick for normal dark anatomy (cortex, tendons, menisci, the PCL
+    # are at most ~7 mm thick), enclosed by the knee (air outside the leg does not count).
+    area = largest_void_mm2(tissue, reference, spacing_mm, limits["void_level"], limits["void_width_mm"])
+    if area > limits["dark_area_mm2"]:
+        qc.flag("foreign_object", f"signal void of {area:.0f} mm2 inside the knee")
+
+
+def largest_void_mm2(
+    stack: np.ndarray, reference: float, spacing_mm: float, level: float, width_mm: float
+) -> float:
+    """Largest area (mm2, any slice) of signal below ``level x reference`` that survives a
+    morphological opening with a disk of ``width_mm`` and lies inside the filled knee outline."""
+    import cv2
+
+    # Half resolution and every other slice: a foreign object spans several slices and > 10 mm.
+    spacing_mm *= 2
+    size = max(3, round(width_mm / spacing_mm) | 1)
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    largest = 0.0
+    for image in stack[::2]:
+        half = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
+        smooth = cv2.GaussianBlur(half, (0, 0), 0.7)
+        outline = _fill_holes(smooth > 0.2 * reference)
+        dark = ((smooth < level * reference) & outline).astype(np.uint8)
+        opened = cv2.morphologyEx(dark, cv2.MORPH_OPEN, disk)
+        count, _, stats, _ = cv2.connectedComponentsWithStats(opened)
+        if count > 1:
+            largest = max(largest, float(stats[1:, cv2.CC_STAT_AREA].max()) * spacing_mm**2)
+    return largest
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Foreground with its enclosed holes filled (flood fill from the border)."""
+    from scipy import ndimage
+
+    return ndimage.binary_fill_holes(mask.astype(bool))
+
+
+def read_qc_overrides(path: Path) -> pd.DataFrame:
+    """Read the manual QC list: columns subject_id, side (left/right/both), qc_pass (true/false), note.
+
+    Raises ValueError naming the file, column or row when it is malformed.
+    """
+    frame = pd.read_csv(path, dtype={"subject_id": str, "side": str, "note": str})
+    missing = [c for c in ("subject_id", "side", "qc_pass") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: QC override list lacks column(s) {missing}")
+    frame["side"] = frame["side"].fillna("both").str.strip().str.lower()
+    bad = frame[~frame["side"].isin(["left", "right", "both"])]
+    if len(bad):
+        raise ValueError(
+            f"{path}: side must be left, right or both (row {int(bad.index[0]) + 2}: {bad.iloc[0]['side']!r})"
+        )
+    text = frame["qc_pass"].astype(str).str.strip().str.lower()
+    truthy, falsy = {"true", "1", "yes", "pass"}, {"false", "0", "no", "fail"}
+    unknown = ~text.isin(truthy | falsy)
+    if unknown.any():
+        row = int(np.flatnonzero(unknown.to_numpy())[0])
+        raise ValueError(
+            f"{path}: qc_pass must be true/false (row {row + 2}: {frame['qc_pass'].iloc[row]!r})"
+        )
+    frame["qc_pass"] = text.isin(truthy)
+    if "note" not in frame.columns:
+        frame["note"] = ""
+    frame["note"] = frame["note"].fillna("")
+    return frame
+
+
+def override_for(overrides: pd.DataFrame | None, subject_id: str, side: str) -> tuple[bool, str] | None:
+    """The manual decision (qc_pass, note) for one knee, or None when the list does not name it."""
+    if overrides is None:
+        return None
+    rows = overrides[(overrides["subject_id"] == subject_id) & overrides["side"].isin([side, "both"])]
+    if rows.empty:
+        return None
+    last = rows.iloc[-1]
+    return bool(last["qc_pass"]), str(last["note"])

@@ -1,0 +1,101 @@
+"""One knee series as pixels: phantom slices + lesions + acquisition + artifact -> uint16 volume and mask."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from kneepain.synth import acquisition as acq
+from kneepain.synth.anatomy import TISSUE_INTENSITY, TISSUE_TEXTURE, KneeAnatomy, Tissue
+from kneepain.synth.artifacts import Artifact, apply_artifact
+from kneepain.synth.lesions import Lesion, apply_lesions, effusion_mm
+
+_CORTEX_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+
+
+@dataclass
+class KneeImage:
+    """A rendered series: pixels and lesion mask in series order, and the kept slice indices."""
+
+    pixels: np.ndarray  # uint16 (slices, ROWS, COLS)
+    mask: np.ndarray  # uint8 (slices, ROWS, COLS), codes of kneepain.synth.lesions.MASK_LABELS
+    kept: list[int]  # original slice index of each kept slice (a gap where slices are missing)
+
+
+def lateral_offset(pose: acq.Pose, index: int, side: str) -> float:
+    """Anatomical lateral offset u (mm) of slice ``index``.
+
+    Slice index grows toward the patient's right in both series, which is lateral for the right
+    knee and medial for the left knee (the mirrored slice order of bilateral series).
+    """
+    along = pose.slice_offset_mm(index)
+    return along if side == "right" else -along
+
+
+def render_knee(
+    rng: np.random.Generator,
+    anatomy: KneeAnatomy,
+    pose: acq.Pose,
+    acquisition: acq.Acquisition,
+    lesions: list[Lesion],
+    side: str,
+    artifact: Artifact | None,
+) -> KneeImage:
+    """Render one knee series deterministically from ``rng`` and the drawn parameters."""
+    y, z = acq.anatomical_grid(pose)
+    n = pose.n_slices
+    h, w = y.shape
+    # Smooth texture field (about 3 mm blobs) shared by all tissues, different per slice.
+    coarse = rng.standard_normal((n, h // 4, w // 4), dtype=np.float32)
+    bias = acq.bias_field(acquisition, (acq.ROWS, acq.COLS))
+    swell = effusion_mm(lesions)
+
+    signal = np.empty((n, acq.ROWS, acq.COLS), dtype=np.float32)
+    mask = np.empty((n, acq.ROWS, acq.COLS), dtype=np.uint8)
+    grid = anatomy.grid(y, z)
+    for index in range(n):
+        u = lateral_offset(pose, index, side)
+        labels = anatomy.slice_labels(grid, u, effusion_mm=swell)
+        marrow = (labels == Tissue.MARROW).astype(np.uint8)
+        inner = cv2.erode(marrow, _CORTEX_KERNEL, iterations=2)
+        labels[(marrow > 0) & (inner == 0)] = Tissue.CORTEX
+        texture = cv2.resize(coarse[index], (w, h), interpolation=cv2.INTER_CUBIC)
+        intensity = TISSUE_INTENSITY[labels] * (1.0 + TISSUE_TEXTURE[labels] * texture)
+        lesion_mask = apply_lesions(intensity, labels, y, z, u, lesions, anatomy)
+        intensity = cv2.GaussianBlur(intensity, (0, 0), 0.6)
+        signal[index] = acq.upsample(intensity) * bias
+        mask[index] = acq.upsample_mask(lesion_mask)
+
+    signal *= acq.FULL_SCALE * acquisition.scale
+    kept = list(range(n))
+    if artifact is not None:
+        if artifact.kind == "missing_slices":
+            kept = [i for i in kept if i not in artifact.slices]
+        else:
+            apply_artifact(signal, artifact)
+    signal = signal[kept]
+    pixels = acq.quantise(acq.rician(signal, acquisition.noise_sd, rng))
+    return KneeImage(pixels=pixels, mask=mask[kept], kept=kept)
+
+
+CORONAL_SIZE = 256
+CORONAL_SLICES = 4
+
+
+def render_coronal(rng: np.random.Generator, scale: float) -> np.ndarray:
+    """A small coronal series (uint16, 4 x 256 x 256): condyles over a plateau, for the reader to skip.
+
+    It only has to be a plausible other MR series of the study (COR_IW_TSE), so it is coarse.
+    """
+    rows, cols = np.mgrid[0:CORONAL_SIZE, 0:CORONAL_SIZE].astype(np.float32)
+    leg = np.abs(cols - 128) < 100
+    femur = ((np.hypot(rows - 110, cols - 95) < 34) | (np.hypot(rows - 110, cols - 161) < 32)) | (
+        (rows < 110) & (np.abs(cols - 128) < 50)
+    )
+    tibia = (rows > 150) & (np.abs(cols - 128) < 62 - np.clip(rows - 190, 0, None) * 0.6)
+    base = np.where(leg, 0.35, 0.01) + np.where(femur | tibia, 0.2, 0.0)
+    base = cv2.GaussianBlur(base.astype(np.float32), (0, 0), 1.5) * acq.FULL_SCALE * scale
+    volume = np.repeat(base[None], CORONAL_SLICES, axis=0)
+    return acq.quantise(acq.rician(volume, 0.03 * acq.FULL_SCALE * scale, rng))

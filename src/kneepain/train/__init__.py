@@ -1,0 +1,22 @@
+"""Training: batches from the slice cache, the training loop, folds and splits, cross-validation."""
+
+from kneepain.train.cv import RunInputError, run_cv, run_split, write_split
+from kneepain.train.folds import SplitError, balance_report, make_folds, read_folds, stratified_split
+from kneepain.train.loop import PRESETS, TrainConfig, TrainingError, fit, preset
+
+__all__ = [
+    "PRESETS",
+    "RunInputError",
+    "SplitError",
+    "TrainConfig",
+    "TrainingError",
+    "balance_report",
+    "fit",
+    "make_folds",
+    "preset",
+    "read_folds",
+    "run_cv",
+    "run_split",
+    "stratified_split",
+    "write_split",
+]

@@ -1,0 +1,417 @@
+"""Cross-validation and single-split training runs: folds, a bundle per fold, out-of-fold table.
+
+``run_cv`` writes WORK/runs/<run>/ (docs/contracts.md): run.json, folds.json, fold_XX/bundle,
+fold_XX/metrics.jsonl, fold_XX/predictions.csv and predictions.csv (every subject exactly once,
+split ``test``). ``run_split`` does the same for the paper's 70/15/15 review split (one "fold").
+A run is checked before anything is written, and every file is written atomically, so a bad
+input or a NaN loss stops the run with a clear message and no half-written bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kneepain import __version__
+from kneepain.console import console
+from kneepain.contracts import (
+    FOLDS_FILE,
+    PREDICTION_COLUMNS,
+    PREDICTIONS_TABLE,
+    WorkPaths,
+    open_cache,
+    training_table,
+)
+from kneepain.fileio import write_csv, write_json
+from kneepain.model.bundle import read_bundle_meta, save_bundle
+from kneepain.model.siamese import ModelConfig, build_model
+from kneepain.train.data import CacheBatches
+from kneepain.train.folds import (
+    SplitError,
+    balance_report,
+    check_folds,
+    hold_out,
+    make_folds,
+    read_folds,
+    stratified_split,
+    write_folds,
+)
+from kneepain.train.loop import (
+    Dist,
+    TrainConfig,
+    TrainingError,
+    init_distributed,
+    pick_device,
+    predict,
+    preset,
+)
+from kneepain.train.recipe import Part, remove_checkpoints, train_model
+
+RUN_INFO = "run.json"
+SPLIT_FILE = "split.json"
+BALANCE_TABLE = "split_balance.csv"
+INFORMATIVE_CACHE_KEYS = ("package_version", "subjects")
+
+
+class RunInputError(ValueError):
+    """The work folder or the requested run cannot be used as asked (the message says why)."""
+
+
+def cache_fingerprint(work: Path) -> dict[str, Any]:
+    """WORK/preprocess/config.json without its informative keys: two caches must match on this."""
+    path = WorkPaths(work).cache_config
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise RunInputError(
+            f"{path}: preprocessing configuration not found (run `kneepain preprocess`)"
+        ) from error
+    except ValueError as error:
+        raise RunInputError(f"{path}: not valid JSON ({error})") from error
+    return {k: v for k, v in config.items() if k not in INFORMATIVE_CACHE_KEYS}
+
+
+def check_same_cache(stored: dict[str, Any], current: dict[str, Any], where: Path) -> None:
+    """Refuse a cache built with another preprocessing configuration than ``where`` records."""
+    stored = {k: v for k, v in stored.items() if k not in INFORMATIVE_CACHE_KEYS}
+    if stored != current:
+        keys = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+        raise RunInputError(
+            f"{where}: was made from a slice cache with another preprocessing configuration "
+            f"(differs in {keys}); use a new run name or rebuild the cache as it was"
+        )
+
+
+def load_inputs(work: Path, model: str) -> tuple[pd.DataFrame, np.ndarray, dict[str, Any]]:
+    """Training table, memory-mapped cache and cache fingerprint, checked against each other."""
+    paths = WorkPaths(work)
+    for needed in (paths.cohort_table, paths.cache_index, paths.cache_array):
+        if not needed.exists():
+            raise RunInputError(f"{needed}: not found (run ingest and preprocess first)")
+    try:
+        table = training_table(work, model)
+        cache = open_cache(paths.cache_array)
+    except ValueError as error:
+        raise RunInputError(str(error)) from error
+    if table.empty:
+        raise RunInputError(f"{paths.cohort_table}: no Model {model} member has a QC-passed cache row")
+    too_far = table.loc[table["row"] >= cache.shape[0], "subject_id"].tolist()
+    if too_far:
+        raise RunInputError(
+            f"{paths.cache_array}: {cache.shape[0]} rows, but subjects {too_far[:10]} point past it"
+        )
+    bad = table.loc[~table["label"].isin([0, 1]), "subject_id"].tolist()
+    if bad:
+        raise RunInputError(f"{paths.cohort_table}: label must be 0 or 1; subjects {bad[:10]}")
+    return table, cache, cache_fingerprint(work)
+
+
+def _part(table: pd.DataFrame, ids: list[str]) -> Part:
+    rows = table.set_index("subject_id").loc[ids]
+    return Part(rows["row"].to_numpy(np.int64), rows["label"].to_numpy(np.int64))
+
+
+def _prepare_run_dir(run_dir: Path, record: dict[str, Any], resume: bool, overwrite: bool) -> None:
+    """Check a resumed run matches (cache, model, folds, configuration); refuse clobbering otherwise."""
+    info = run_dir / RUN_INFO
+    if resume:
+        if not info.exists():
+            raise RunInputError(f"{info}: nothing to resume")
+        stored = json.loads(info.read_text(encoding="utf-8"))
+        check_same_cache(stored.get("preprocessing", {}), record["preprocessing"], info)
+        for key in ("model", "folds", "seed", "architecture", "training", "kind"):
+            if stored.get(key) != record.get(key):
+                raise RunInputError(
+                    f"{info}: the run was started with {key} = {stored.get(key)!r}, not {record.get(key)!r}"
+                )
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunInputError(
+                f"{run_dir}: run exists; pass --resume to continue it or --overwrite to replace it"
+            )
+        shutil.rmtree(run_dir)
+
+
+def _train_one(
+    k: int,
+    run_dir: Path,
+    table: pd.DataFrame,
+    cache: np.ndarray,
+    ids: dict[str, list[str]],
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    fingerprint: dict[str, Any],
+    *,
+    model: str,
+    resume: bool,
+    device: torch.device,
+    dist: Dist,
+    show_progress: bool,
+) -> pd.DataFrame:
+    """Train fold ``k`` (ids: train / validation / test) and return its test predictions."""
+    fold_dir = run_dir / f"fold_{k:02d}"
+    bundle = fold_dir / "bundle"
+    preds_path = fold_dir / PREDICTIONS_TABLE
+    if resume and (bundle / "model.json").exists() and preds_path.exists():
+        check_same_cache(
+            read_bundle_meta(bundle).get("preprocessing", {}), fingerprint, bundle / "model.json"
+        )
+        return pd.read_csv(preds_path, dtype={"subject_id": str})
+    config = train_config.__class__.from_json({**train_config.to_json(), "seed": train_config.seed + k})
+    torch.manual_seed(config.seed)
+    net = build_model(model_config)
+    val = _part(table, ids["validation"]) if ids["validation"] else None
+    summary = train_model(
+        net,
+        cache,
+        _part(table, ids["train"]),
+        val,
+        config,
+        fold_dir,
+        device=device,
+        dist=dist,
+        resume=resume and (model_config.mode == "paper" or (fold_dir / "checkpoint").exists()),
+        show_progress=show_progress,
+    )
+    net.eval()
+    test = _part(table, ids["test"])
+    batches = CacheBatches(
+        cache, test.rows, test.labels, batch_size=config.batch_size, input_size=model_config.input_size
+    )
+    prob, label, loss = predict(net, batches, device)
+    if not np.all(np.isfinite(prob)):
+        raise TrainingError(f"fold {k}: non-finite test probabilities; bundle not written")
+    frame = pd.DataFrame(
+        {"subject_id": ids["test"], "fold": k, "split": "test", "prob_right": prob, "label": label}
+    )
+    if dist.is_main:
+        meta = {
+            "preprocessing": fingerprint,
+            "training": config.to_json(),
+            "cohort_model": model,
+            "fold": k,
+            "summary": summary,
+            "test_loss": loss,
+        }
+        save_bundle(net.cpu(), meta, bundle)
+        write_csv(preds_path, frame[PREDICTION_COLUMNS])
+        remove_checkpoints(fold_dir)
+    return frame
+
+
+def _finish(run_dir: Path, frames: list[pd.DataFrame], expected: list[str], dist: Dist) -> pd.DataFrame:
+    predictions = pd.concat(frames, ignore_index=True)[PREDICTION_COLUMNS].sort_values("subject_id")
+    counts = predictions["subject_id"].value_counts()
+    if set(counts.index) != set(expected) or (counts != 1).any():
+        raise TrainingError(f"{run_dir}: out-of-fold table incomplete or duplicated; not written")
+    if dist.is_main:
+        write_csv(run_dir / PREDICTIONS_TABLE, predictions)
+    return predictions
+
+
+def _configs(config: str | tuple[ModelConfig, TrainConfig]) -> tuple[ModelConfig, TrainConfig]:
+    return preset(config) if isinstance(config, str) else config
+
+
+def run_cv(
+    work: Path,
+    run_name: str,
+    *,
+    folds: int = 10,
+    model: str = "A",
+    config: str | tuple[ModelConfig, TrainConfig] = "paper",
+    seed: int = 0,
+    resume: bool = False,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> Path:
+    """k-fold cross-validation on Model ``model``'s cohort; returns WORK/runs/<run_name>.
+
+    ``config`` is a preset name (paper, small, tiny) or a (ModelConfig, TrainConfig) pair. Under
+    torchrun every process trains (DDP); only rank 0 writes.
+    """
+    work = Path(work)
+    model = model.upper()
+    model_config, train_config = _configs(config)
+    table, cache, fingerprint = load_inputs(work, model)
+    ids, labels = table["subject_id"].tolist(), table["label"].to_numpy()
+    try:
+        fold_ids = make_folds(ids, labels, folds, seed)
+        plans = []
+        for k, test_ids in enumerate(fold_ids):
+            rest = table[~table["subject_id"].isin(test_ids)]
+            train_ids, val_ids = hold_out(
+                rest["subject_id"].tolist(), rest["label"].to_numpy(), train_config.val_fraction, seed + k
+            )
+            plans.append({"train": train_ids, "validation": val_ids, "test": test_ids})
+        check_folds(fold_ids, ids, where=f"{run_name} folds")
+    except SplitError as error:
+        raise RunInputError(f"{WorkPaths(work).cohort_table} (Model {model}): {error}") from error
+    run_dir = WorkPaths(work).runs / run_name
+    record = {
+        "kind": "cv",
+        "work": str(work.resolve()),
+        "model": model,
+        "folds": folds,
+        "seed": seed,
+        "architecture": model_config.to_json(),
+        "training": train_config.to_json(),
+        "preprocessing": fingerprint,
+        "package_version": __version__,
+        "subjects": len(ids),
+    }
+    device = pick_device(train_config)
+    dist = init_distributed(device)
+    if dist.is_main:
+        _prepare_run_dir(run_dir, record, resume, overwrite)
+        write_json(run_dir / RUN_INFO, {**record, "status": "running"})
+        write_folds(run_dir / FOLDS_FILE, fold_ids, seed, validation=[p["validation"] for p in plans])
+    _barrier(dist)
+    start = time.perf_counter()
+    frames = []
+    for k, plan in enumerate(plans):
+        frame = _train_one(
+            k,
+            run_dir,
+            table,
+            cache,
+            plan,
+            model_config,
+            train_config,
+            fingerprint,
+            model=model,
+            resume=resume,
+            device=device,
+            dist=dist,
+            show_progress=show_progress,
+        )
+        frames.append(frame)
+        if dist.is_main:
+            from kneepain.train.loop import auc_or_nan
+
+            auc = auc_or_nan(frame["label"].to_numpy(), frame["prob_right"].to_numpy())
+            console.print(
+                f"fold {k}: {len(frame)} test subjects, AUC {auc:.3f}, {time.perf_counter() - start:.0f} s"
+            )
+    _finish(run_dir, frames, ids, dist)
+    if dist.is_main:
+        read_folds(run_dir / FOLDS_FILE)
+        write_json(
+            run_dir / RUN_INFO, {**record, "status": "complete", "seconds": time.perf_counter() - start}
+        )
+    return run_dir
+
+
+def _barrier(dist: Dist) -> None:
+    if dist.world > 1:
+        import torch.distributed as td
+
+        td.barrier()
+
+
+def write_split(
+    work: Path, run_name: str, *, model: str = "B", seed: int = 0, overwrite: bool = False
+) -> Path:
+    """The paper's 70/15/15 split (sex, age, BMI strata) as runs/<run>/split.json + split_balance.csv."""
+    work = Path(work)
+    table, _, _ = load_inputs(work, model.upper())
+    try:
+        assignment = stratified_split(table, seed)
+    except SplitError as error:
+        raise RunInputError(f"{WorkPaths(work).cohort_table} (Model {model}): {error}") from error
+    run_dir = WorkPaths(work).runs / run_name
+    if (run_dir / SPLIT_FILE).exists() and not overwrite:
+        raise RunInputError(f"{run_dir / SPLIT_FILE}: exists; pass --overwrite to replace it")
+    groups = {
+        name: sorted(table.loc[assignment == name, "subject_id"]) for name in ("train", "validation", "test")
+    }
+    write_json(
+        run_dir / SPLIT_FILE,
+        {"seed": seed, "model": model.upper(), "stratified_by": ["sex", "age", "bmi"], **groups},
+    )
+    write_csv(run_dir / BALANCE_TABLE, balance_report(table, assignment))
+    return run_dir
+
+
+def run_split(
+    work: Path,
+    run_name: str,
+    *,
+    model: str = "B",
+    config: str | tuple[ModelConfig, TrainConfig] = "paper",
+    seed: int = 0,
+    resume: bool = False,
+    show_progress: bool = True,
+) -> Path:
+    """Train one model on the 70/15/15 split (train; early stopping on validation; test predicted).
+
+    Writes the split first when runs/<run>/split.json is absent; predictions.csv holds the test
+    part only (split ``test``), fold_00/bundle the model.
+    """
+    work = Path(work)
+    model = model.upper()
+    model_config, train_config = _configs(config)
+    run_dir = WorkPaths(work).runs / run_name
+    if not (run_dir / SPLIT_FILE).exists():
+        write_split(work, run_name, model=model, seed=seed)
+    split = json.loads((run_dir / SPLIT_FILE).read_text(encoding="utf-8"))
+    table, cache, fingerprint = load_inputs(work, model)
+    check_folds([split["train"], split["validation"], split["test"]], where=str(run_dir / SPLIT_FILE))
+    missing = sorted(set(split["train"] + split["validation"] + split["test"]) - set(table["subject_id"]))
+    if missing:
+        raise RunInputError(f"{run_dir / SPLIT_FILE}: subjects {missing[:10]} are not in the training table")
+    for name in ("train", "test"):
+        if table[table["subject_id"].isin(split[name])]["label"].nunique() < 2:
+            raise RunInputError(f"{run_dir / SPLIT_FILE}: the {name} part has one class only")
+    record = {
+        "kind": "split",
+        "work": str(work.resolve()),
+        "model": model,
+        "folds": 1,
+        "seed": seed,
+        "architecture": model_config.to_json(),
+        "training": train_config.to_json(),
+        "preprocessing": fingerprint,
+        "package_version": __version__,
+        "subjects": len(split["test"]),
+    }
+    info = run_dir / RUN_INFO
+    if resume:
+        _prepare_run_dir(run_dir, record, True, False)
+    elif info.exists():
+        raise RunInputError(
+            f"{info}: a model was already trained in this run; pass --resume or use another run"
+        )
+    device = pick_device(train_config)
+    dist = init_distributed(device)
+    if dist.is_main:
+        write_json(info, {**record, "status": "running"})
+        write_folds(run_dir / FOLDS_FILE, [split["test"]], seed, validation=[split["validation"]])
+    _barrier(dist)
+    start = time.perf_counter()
+    frame = _train_one(
+        0,
+        run_dir,
+        table,
+        cache,
+        split,
+        model_config,
+        train_config,
+        fingerprint,
+        model=model,
+        resume=resume,
+        device=device,
+        dist=dist,
+        show_progress=show_progress,
+    )
+    _finish(run_dir, [frame], split["test"], dist)
+    if dist.is_main:
+        write_json(info, {**record, "status": "complete", "seconds": time.perf_counter() - start})
+    return run_dir

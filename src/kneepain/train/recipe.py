@@ -1,0 +1,228 @@
+"""How a Siamese model is trained in each mode, on given train / validation cache rows.
+
+``joint``: the whole model through :func:`kneepain.train.loop.fit`. ``paper``: stage 1 fits each
+location's branch and head alone (its own ``fit``, reading only that slice location); stage 2
+freezes them and fits the logistic ``classifier`` on their pooled, combined features (LBFGS,
+full batch, L2), as the published code fused the 23 location models.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional
+
+from kneepain.fileio import write_text
+from kneepain.model.siamese import SiameseNet
+from kneepain.train.data import CacheBatches
+from kneepain.train.loop import CHECKPOINT_DIR, METRICS_LOG, Dist, TrainConfig, TrainingError, autocast, fit
+
+
+@dataclass(frozen=True)
+class Part:
+    """Cache rows and labels of one part of the data (train, validation or test)."""
+
+    rows: np.ndarray
+    labels: np.ndarray
+
+
+class LocationModel(nn.Module):
+    """One location's branch and head as a module of its own (``paper`` mode, stage 1).
+
+    Its parameters are the parent's ``branches[i]`` and ``location_heads[i]`` (shared tensors), so
+    training it trains the parent; input is a (B, 2, 1, H, W) batch of that location.
+    """
+
+    def __init__(self, parent: SiameseNet, location: int) -> None:
+        super().__init__()
+        self.branch = parent.branches[location]
+        self.head = parent.location_heads[location]
+        self.location = location
+        object.__setattr__(self, "_parent", parent)  # not a submodule: only this location trains
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._parent.forward_location(x[:, :, 0], self.location)
+
+
+def _batches(
+    cache: np.ndarray,
+    part: Part,
+    model: SiameseNet,
+    config: TrainConfig,
+    *,
+    train: bool,
+    location: int | None = None,
+    dist: Dist | None = None,
+) -> CacheBatches:
+    dist = dist or Dist()
+    return CacheBatches(
+        cache,
+        part.rows,
+        part.labels,
+        batch_size=max(1, config.batch_size // dist.world) if train else config.batch_size,
+        input_size=model.config.input_size,
+        seed=config.seed,
+        shuffle=train,
+        swap_knees=train and config.swap_knees,
+        location=location,
+        rank=dist.rank if train else 0,
+        world=dist.world if train else 1,
+    )
+
+
+def train_model(
+    model: SiameseNet,
+    cache: np.ndarray,
+    train: Part,
+    val: Part | None,
+    config: TrainConfig,
+    out_dir: Path,
+    *,
+    device: torch.device,
+    dist: Dist | None = None,
+    resume: bool = False,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``model`` in its configured mode; returns a summary (epochs, best epoch, seconds).
+
+    Writes ``out_dir/metrics.jsonl`` (``paper`` mode: every location's epochs with a
+    ``location`` key, then one ``fusion`` line) and checkpoints under ``out_dir``.
+    """
+    dist = dist or Dist()
+    n_slices = model.config.n_locations
+    if model.config.mode == "joint":
+        result = fit(
+            model,
+            _batches(cache, train, model, config, train=True, dist=dist),
+            _batches(cache, val, model, config, train=False) if val is not None else None,
+            config,
+            out_dir,
+            device=device,
+            dist=dist,
+            resume=resume,
+            label=out_dir.name,
+            images_per_item=2 * n_slices,
+            show_progress=show_progress,
+        )
+        return {"epochs": result.epochs_run, "best_epoch": result.best_epoch, "seconds": result.seconds}
+    summary: dict[str, Any] = {"locations": [], "seconds": 0.0}
+    lines: list[str] = []
+    for location in range(n_slices):
+        loc_dir = out_dir / f"location_{location:02d}"
+        module = LocationModel(model, location)
+        result = fit(
+            module,
+            _batches(cache, train, model, config, train=True, location=location, dist=dist),
+            _batches(cache, val, model, config, train=False, location=location) if val is not None else None,
+            config,
+            loc_dir,
+            device=device,
+            dist=dist,
+            resume=resume and (loc_dir / CHECKPOINT_DIR).exists(),
+            label=f"{out_dir.name} location {location}",
+            images_per_item=2,
+            show_progress=show_progress,
+        )
+        summary["locations"].append(
+            {"location": location, "epochs": result.epochs_run, "best_epoch": result.best_epoch}
+        )
+        summary["seconds"] += result.seconds
+        lines += [_json_line({"location": location, **h}) for h in result.history]
+    fusion = fit_fusion(model, cache, train, val, config, device=device)
+    summary["fusion"] = fusion
+    summary["seconds"] += fusion["seconds"]
+    if dist.is_main:
+        write_text(out_dir / METRICS_LOG, "".join([*lines, _json_line({"fusion": True, **fusion})]))
+    return summary
+
+
+def _json_line(obj: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(obj) + "\n"
+
+
+@torch.no_grad()
+def extract_features(
+    model: SiameseNet,
+    cache: np.ndarray,
+    part: Part,
+    config: TrainConfig,
+    device: torch.device,
+    swap: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattened combined features (N, S*D) and labels of ``part`` (knees swapped if ``swap``)."""
+    model.eval()
+    batches = _batches(cache, part, model, config, train=False)
+    feats, labels = [], []
+    for x, y in batches.epoch(0):
+        if swap:
+            x, y = x.flip(1), 1 - y
+        with autocast(config, device):
+            feats.append(model.features(x.to(device)).flatten(1).float().cpu())
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def fit_fusion(
+    model: SiameseNet,
+    cache: np.ndarray,
+    train: Part,
+    val: Part | None,
+    config: TrainConfig,
+    *,
+    device: torch.device,
+) -> dict[str, Any]:
+    """``paper`` mode, stage 2: fit the logistic classifier on the frozen locations' features.
+
+    Starts from the location heads (each scaled by 1/S, so the start is their average vote) and
+    runs full-batch LBFGS on cross-entropy + ``fusion_l2`` * |W|^2; deterministic.
+    """
+    import time
+
+    start = time.perf_counter()
+    x, y = extract_features(model, cache, train, config, device)
+    if config.swap_knees:
+        xs, ys = extract_features(model, cache, train, config, device, swap=True)
+        x, y = torch.cat([x, xs]), torch.cat([y, ys])
+    n_slices = model.config.n_locations
+    with torch.no_grad():
+        heads_w = torch.cat([h.weight for h in model.location_heads], dim=1) / n_slices
+        heads_b = torch.stack([h.bias for h in model.location_heads]).mean(0)
+    weight = heads_w.detach().cpu().clone().requires_grad_(True)
+    bias = heads_b.detach().cpu().clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=config.fusion_steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = functional.cross_entropy(x @ weight.T + bias, y) + config.fusion_l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    final = float(closure().item())
+    if not np.isfinite(final):
+        raise TrainingError(f"fusion: loss is {final}; stopped")
+    with torch.no_grad():
+        model.classifier.weight.copy_(weight.to(model.classifier.weight.device))
+        model.classifier.bias.copy_(bias.to(model.classifier.bias.device))
+    record: dict[str, Any] = {"train_loss": final, "seconds": time.perf_counter() - start}
+    if val is not None:
+        xv, yv = extract_features(model, cache, val, config, device)
+        with torch.no_grad():
+            record["val_loss"] = float(functional.cross_entropy(xv @ weight.T + bias, yv).item())
+    return record
+
+
+def remove_checkpoints(out_dir: Path) -> None:
+    """Delete a finished fold's checkpoints (paper-size ones are large) and per-location folders
+    (their epochs are in the fold's metrics.jsonl); the bundle remains."""
+    for folder in [out_dir / CHECKPOINT_DIR, *out_dir.glob("location_*")]:
+        if folder.is_dir():
+            shutil.rmtree(folder)

@@ -1,0 +1,244 @@
+"""The CAM stage on a small real run folder: out-of-fold maps, the best-slice rule, overlays, localization.
+
+The bundles here hold a tiny deterministic model whose CAM is the average-pooled slice times a
+per-fold factor: the planted bright spot must come back as the best slice and the hot spot, and
+each subject's maps must come from the fold that held it out.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from kneepain.cam.compute import CamInputError, read_cam_outputs, read_run
+from kneepain.cam.localization import (
+    area_above_half,
+    energy_share,
+    folder_mask_source,
+    hot_spot,
+    lesion_at_hot_spot,
+    localize,
+    pointing_hit,
+)
+from kneepain.cam.stage import run_cam_stage
+from kneepain.cli import app
+
+SUBJECTS = ["9000001", "9000002", "9000003", "9000004"]
+FOLDS = [0, 1, 0, 1]
+LABELS = [1, 0, 1, 0]  # right, left, right, left painful
+PROBS = [0.8, 0.3, 0.4, 0.2]  # subject 3 predicted wrong
+SPOT_SLICE = [7, 15, 3, 20]
+SPOT = (96, 56)  # row, col of the planted bright square: exactly CAM cell (12, 7)
+
+
+class PooledIntensityNet(torch.nn.Module):
+    """A stand-in bundle model: CAM = 8x8 average-pooled intensity x fold factor (28 x 28 for 224)."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward_with_cams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, knees, s, h, w = x.shape
+        cams = torch.nn.functional.avg_pool2d(x.reshape(b * knees * s, 1, h, w), 8)
+        cams = cams.reshape(b, knees, s, h // 8, w // 8) * self.factor
+        return cams.mean(dim=(2, 3, 4)), cams
+
+
+def load_test_bundle(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Bundle loader for the stand-in model: the factor is recorded in model.json."""
+    meta = json.loads((path / "model.json").read_text())
+    return PooledIntensityNet(meta["factor"]), meta
+
+
+def make_run(root: Path) -> Path:
+    """WORK/preprocess cache + index and WORK/runs/r1 with predictions and two fold bundles."""
+    work = root / "work"
+    pre = work / "preprocess"
+    pre.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = [2, 0, 3, 1]  # cache rows deliberately not in subject order
+    cache = rng.integers(0, 40, size=(4, 2, 23, 224, 224), dtype=np.uint8)
+    for row, label, k in zip(rows, LABELS, SPOT_SLICE, strict=True):
+        r, c = SPOT
+        cache[row, label, k, r : r + 8, c : c + 8] = 255  # painful knee = index label (0 left, 1 right)
+    np.save(pre / "cache.npy", cache)
+    index = pd.DataFrame(
+        {
+            "row": rows,
+            "subject_id": SUBJECTS,
+            "centre_left": 30,
+            "centre_right": 30,
+            "qc_pass": True,
+            "qc_reason": "",
+        }
+    )
+    index.to_csv(pre / "index.csv", index=False)
+    run = work / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"work": str(work), "run_id": "r1-test"}))
+    pd.DataFrame(
+        {"subject_id": SUBJECTS, "fold": FOLDS, "split": "test", "prob_right": PROBS, "label": LABELS}
+    ).to_csv(run / "predictions.csv", index=False)
+    for fold in (0, 1):
+        bundle = run / f"fold_{fold:02d}" / "bundle"
+        bundle.mkdir(parents=True)
+        (bundle / "model.json").write_text(json.dumps({"factor": fold + 1.0, "architecture": "pooled-test"}))
+    return run
+
+
+def write_masks(folder: Path, offset: tuple[int, int] = (0, 0), code: int = 2) -> Path:
+    """Cache-space label volumes with one lesion at the planted spot (shifted by ``offset``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for sid, label, k in zip(SUBJECTS, LABELS, SPOT_SLICE, strict=True):
+        volume = np.zeros((23, 224, 224), dtype=np.uint8)
+        r, c = SPOT[0] + offset[0], SPOT[1] + offset[1]
+        volume[k, r : r + 8, c : c + 8] = code
+        side = "right" if label == 1 else "left"
+        np.savez_compressed(folder / f"{sid}_{side}.npz", mask=volume)
+    return folder
+
+
+def test_stage_writes_out_of_fold_maps_best_slices_and_overlays(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    summary = run_cam_stage(run, cache_masks=write_masks(tmp_path / "masks"), loader=load_test_bundle)
+    cams = np.load(run / "cam" / "cams.npy")
+    index = pd.read_csv(run / "cam" / "index.csv", dtype={"subject_id": str})
+    assert cams.shape == (4, 2, 23, 28, 28) and cams.dtype == np.float32
+    assert index["subject_id"].tolist() == SUBJECTS
+    assert index["best_slice"].tolist() == SPOT_SLICE
+    assert index["painful_side"].tolist() == ["right", "left", "right", "left"]
+    assert index["correct"].tolist() == [True, True, False, True]
+    # fold 1 subjects come from the bundle with factor 2: their planted cell is twice as hot
+    hot = [cams[i, LABELS[i], SPOT_SLICE[i], SPOT[0] // 8, SPOT[1] // 8] for i in range(4)]
+    assert hot == pytest.approx([1.0, 2.0, 1.0, 2.0])
+    for sid in SUBJECTS:
+        for side in ("left", "right"):
+            image = cv2.imread(str(run / "cam" / "overlays" / f"{sid}_{side}.png"))
+            assert image is not None and image.shape[0] > 200
+            saturation = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)[..., 1]
+            assert saturation.max() > 200  # a coloured heat map is drawn, not only grey
+    assert summary["pointing_hit_rate_correct"] == 1.0
+    assert summary["pointing_n_correct"] == 3
+    assert 0 < summary["area_above_half_pct_mean"] < 5  # one hot cell of 784
+    lesions = pd.read_csv(run / "cam" / "lesion_table.csv")
+    bml = lesions.set_index("lesion").loc["bone_marrow_lesion"]
+    assert (bml["n"], bml["correct"], bml["wrong"]) == (4, 3, 1)
+    assert "| bone_marrow_lesion | 4 |" in (run / "cam" / "lesion_table.md").read_text()
+
+
+def test_localization_misses_a_lesion_two_cells_away(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    run_cam_stage(run, overlays=False, loader=load_test_bundle)
+    outputs = read_cam_outputs(run)
+    near = localize(outputs, folder_mask_source(write_masks(tmp_path / "near", offset=(8, 0))))
+    far = localize(outputs, folder_mask_source(write_masks(tmp_path / "far", offset=(24, 0))))
+    assert near["hit"].tolist() == [True] * 4
+    assert far["hit"].tolist() == [False] * 4
+    assert far["lesion"].tolist() == ["none"] * 4
+    assert (far["energy_share_slice"] < near["energy_share_slice"]).all()
+
+
+def test_subject_without_mask_is_excluded_with_reason(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    run_cam_stage(run, overlays=False, loader=load_test_bundle)
+    masks = write_masks(tmp_path / "masks")
+    (masks / "9000002_left.npz").unlink()
+    table = localize(read_cam_outputs(run), folder_mask_source(masks))
+    row = table.set_index("subject_id").loc["9000002"]
+    assert row["excluded"] == "no truth mask for the painful knee"
+    assert np.isnan(row["hit"])
+
+
+def test_pointing_game_tolerance_is_one_cam_cell() -> None:
+    cam = np.zeros((28, 28), dtype=np.float32)
+    cam[10, 10] = 1.0  # hot spot near pixel (84, 84) after upsampling
+    row, col = hot_spot(cam, (224, 224))
+    assert 80 <= row <= 87 and 80 <= col <= 87  # inside CAM cell (10, 10)
+    mask = np.zeros((224, 224), dtype=bool)
+    mask[row + 8, col] = True  # one cell (8 px) below the hot spot
+    assert pointing_hit(cam, mask)
+    assert not pointing_hit(cam, mask, tolerance_cells=0)
+    far = np.zeros_like(mask)
+    far[row + 20, col] = True
+    assert not pointing_hit(cam, far)
+    labels = np.zeros((224, 224), dtype=np.uint8)
+    labels[row + 8, col] = 4
+    assert lesion_at_hot_spot(cam, labels) == 4
+
+
+def test_area_and_energy_share_measure_what_they_say() -> None:
+    half = np.zeros((28, 28), dtype=np.float32)
+    half[:, :14] = 1.0
+    assert area_above_half(half) == pytest.approx(0.5, abs=0.02)
+    assert area_above_half(half * 7 - 3) == pytest.approx(area_above_half(half))  # min-max invariant
+    flat = np.ones((28, 28), dtype=np.float32)
+    quarter = np.zeros((224, 224), dtype=bool)
+    quarter[:112, :112] = True
+    assert energy_share(flat, quarter) == pytest.approx(0.25)
+    assert np.isnan(energy_share(-flat, quarter))
+
+
+def test_missing_bundle_is_named_and_previous_cams_survive(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    run_cam_stage(run, overlays=False, loader=load_test_bundle)
+    before = (run / "cam" / "cams.npy").read_bytes()
+    (run / "fold_01" / "bundle" / "model.json").unlink()
+    with pytest.raises(CamInputError, match="fold_01"):
+        run_cam_stage(run, overlays=False, loader=load_test_bundle)
+    assert (run / "cam" / "cams.npy").read_bytes() == before
+
+
+def test_subject_missing_from_cache_is_named(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    predictions = pd.read_csv(run / "predictions.csv", dtype={"subject_id": str})
+    predictions.loc[0, "subject_id"] = "9999999"
+    predictions.to_csv(run / "predictions.csv", index=False)
+    with pytest.raises(CamInputError, match="9999999"):
+        read_run(run)
+
+
+def test_cli_reports_a_run_without_predictions(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    (run / "predictions.csv").unlink()
+    result = CliRunner().invoke(app, ["cam", str(run)])
+    assert result.exit_code == 2
+    assert "predictions.csv: predictions table not found" in result.output.replace("\n", "")
+
+
+def test_truth_without_a_mask_mapping_is_recorded_and_area_still_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kneepain.preprocess
+
+    monkeypatch.delattr(kneepain.preprocess, "mask_to_cache", raising=False)
+    run = make_run(tmp_path)
+    (tmp_path / "truth" / "masks").mkdir(parents=True)
+    summary = run_cam_stage(run, truth=tmp_path / "truth", overlays=False, loader=load_test_bundle)
+    stored = json.loads((run / "cam" / "localization.json").read_text())
+    assert "mask_to_cache" in stored["localization_skipped"]
+    assert stored["pointing_hit_rate_correct"] is None and stored["measured"] == 0
+    assert summary["area_above_half_pct_mean"] > 0
+    assert not (run / "cam" / "lesion_table.csv").exists()
+
+
+def test_bundle_asking_for_a_smaller_input_gets_resized_slices(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    for fold in (0, 1):
+        meta_path = run / f"fold_{fold:02d}" / "bundle" / "model.json"
+        meta = json.loads(meta_path.read_text())
+        meta_path.write_text(json.dumps({**meta, "preprocessing": {"image_size": 112}}))
+    summary = run_cam_stage(run, cache_masks=write_masks(tmp_path / "masks"), loader=load_test_bundle)
+    cams = np.load(run / "cam" / "cams.npy")
+    assert cams.shape == (4, 2, 23, 14, 14)
+    assert pd.read_csv(run / "cam" / "index.csv")["best_slice"].tolist() == SPOT_SLICE
+    assert summary["map_size"] == [14, 14]
+    assert summary["pointing_hit_rate_correct"] == 1.0

@@ -1,0 +1,137 @@
+"""The Siamese network: the paper's branch layer by layer, map sizes, CAM = logit decomposition, bundles."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from kneepain.model import (
+    VGG16GAP,
+    AlexNetGAP,
+    BundleError,
+    KneeNet,
+    build_model,
+    load_bundle,
+    load_pretrained,
+    save_bundle,
+)
+
+
+def test_kneenet_layers_match_the_paper() -> None:
+    layers = list(KneeNet().features)
+    convs = [m for m in layers if isinstance(m, nn.Conv2d)]
+    spec = [(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding) for c in convs]
+    assert spec == [
+        (1, 64, (7, 7), (2, 2), (3, 3)),
+        (64, 128, (3, 3), (1, 1), (1, 1)),
+        (128, 256, (3, 3), (1, 1), (1, 1)),
+        (256, 256, (3, 3), (1, 1), (1, 1)),
+        (256, 512, (3, 3), (1, 1), (1, 1)),
+        (512, 512, (3, 3), (1, 1), (1, 1)),
+    ]
+    kinds = [type(m).__name__ for m in layers]
+    assert kinds == (
+        ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
+        + ["Conv2d", "BatchNorm2d", "ReLU"] * 2
+        + ["MaxPool2d"]
+        + ["Conv2d", "BatchNorm2d", "ReLU"] * 3
+    )
+    pools = [m for m in layers if isinstance(m, nn.MaxPool2d)]
+    assert [(p.kernel_size, p.stride, p.padding) for p in pools] == [(3, 2, 1), (2, 2, 0)]
+
+
+def test_kneenet_gives_512_by_28_by_28_maps_for_224() -> None:
+    with torch.no_grad():
+        assert KneeNet().eval()(torch.zeros(1, 1, 224, 224)).shape == (1, 512, 28, 28)
+
+
+@pytest.mark.parametrize(("branch", "size"), [(VGG16GAP, 14), (AlexNetGAP, 13)])
+def test_alternative_branches_map_sizes(branch: type[nn.Module], size: int) -> None:
+    net = branch(width=0.125)
+    with torch.no_grad():
+        maps = net(torch.zeros(1, 1, 224, 224))
+    assert maps.shape == (1, net.out_channels, size, size)
+
+
+@pytest.mark.parametrize("combine", ["relu_diff", "diff", "concat"])
+@pytest.mark.parametrize("mode", ["joint", "paper"])
+def test_cams_decompose_the_logit_difference_exactly(combine: str, mode: str) -> None:
+    torch.manual_seed(0)
+    model = build_model({"width": 0.0625, "input_size": 32, "combine": combine, "mode": mode}).eval()
+    with torch.no_grad():  # random head weights so every channel matters, both signs
+        model.classifier.weight.normal_()
+        model.classifier.bias.normal_()
+    x = torch.rand(3, 2, 23, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, cams = model.forward_with_cams(x)
+        plain = model(x)
+    assert cams.shape == (3, 2, 23, 4, 4)
+    torch.testing.assert_close(logits, plain)
+    bias = model.classifier.bias[1] - model.classifier.bias[0]
+    rebuilt = bias + cams[:, 1].mean(dim=(-2, -1)).sum(1) - cams[:, 0].mean(dim=(-2, -1)).sum(1)
+    torch.testing.assert_close(rebuilt, logits[:, 1] - logits[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_swapping_knees_swaps_the_diff_cams() -> None:
+    """With a signed difference, each knee's map depends only on that knee's slices."""
+    torch.manual_seed(0)
+    model = build_model({"width": 0.0625, "input_size": 32, "combine": "diff", "mode": "joint"}).eval()
+    x = torch.rand(2, 2, 23, 32, 32)
+    with torch.no_grad():
+        logits, cams = model.forward_with_cams(x)
+        logits_s, cams_s = model.forward_with_cams(x.flip(1))
+    torch.testing.assert_close(cams_s, cams.flip(1))
+    torch.testing.assert_close(
+        logits_s[:, 1] - logits_s[:, 0],
+        -(logits[:, 1] - logits[:, 0]) + 2 * (model.classifier.bias[1] - model.classifier.bias[0]),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+
+
+def test_bad_input_shape_is_named() -> None:
+    model = build_model({"width": 0.0625, "input_size": 32, "mode": "joint"})
+    with pytest.raises(ValueError, match=r"expected input \(B, 2, 23"):
+        model(torch.zeros(1, 2, 5, 32, 32))
+
+
+def test_bundle_round_trip_gives_same_outputs(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = build_model({"width": 0.0625, "input_size": 32, "mode": "paper", "combine": "concat"}).eval()
+    out = save_bundle(model, {"preprocessing": {"image_size": 224}, "training": {"lr": 0.1}}, tmp_path / "b")
+    loaded, meta = load_bundle(out)
+    assert not loaded.training
+    assert meta["architecture"]["mode"] == "paper" and meta["input_size"] == 32
+    assert meta["preprocessing"] == {"image_size": 224} and meta["package_version"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors"]
+    x = torch.rand(2, 2, 23, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_bundle_with_wrong_architecture_is_refused(tmp_path) -> None:
+    model = build_model({"width": 0.0625, "input_size": 32, "mode": "joint"})
+    out = save_bundle(model, {}, tmp_path / "b")
+    meta = json.loads((out / "model.json").read_text())
+    meta["architecture"]["width"] = 0.125
+    (out / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"model\.safetensors"):
+        load_bundle(out)
+    with pytest.raises(BundleError, match="not found"):
+        load_bundle(tmp_path / "nowhere")
+
+
+def test_pretrained_rgb_weights_load_summed_over_colour(tmp_path) -> None:
+    net = AlexNetGAP(width=0.125)
+    rgb = torch.randn(net.features[0].out_channels, 3, 11, 11)
+    save_file(
+        {"features.0.weight": rgb, "classifier.1.weight": torch.zeros(2, 2)}, str(tmp_path / "w.safetensors")
+    )
+    assert load_pretrained(net, tmp_path / "w.safetensors") == ["features.0.weight"]
+    torch.testing.assert_close(net.features[0].weight, rgb.sum(1, keepdim=True))
+    with pytest.raises(ValueError, match="no pickle"):
+        load_pretrained(net, tmp_path / "w.pth")

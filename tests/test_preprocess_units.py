@@ -1,0 +1,237 @@
+"""Preprocess building blocks on small real files: DICOM order, registration accuracy, QC, cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from kneepain.contracts import N_SLICES, open_cache, read_cache_index
+from kneepain.preprocess import CacheMismatchError, PreprocessConfig, check_cache, quality
+from kneepain.preprocess import cache as cache_io
+from kneepain.preprocess.centre_slice import read_centre_overrides
+from kneepain.preprocess.registration import Pose, register_ecc, resample
+from kneepain.preprocess.series_io import SeriesError, read_knee_series
+
+
+def write_series(
+    folder: Path, xs: list[float], instances: list[int], photometric: str = "MONOCHROME2"
+) -> None:
+    """Sagittal slices at patient x positions ``xs``; pixel value = 100 + x so order is visible."""
+    folder.mkdir(parents=True)
+    for i, (x, number) in enumerate(zip(xs, instances, strict=True)):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / f"{i + 1:03d}"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID = MRImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.Modality = "MR"
+        ds.InstanceNumber = number
+        ds.ImagePositionPatient = [x, -50.0, 60.0]
+        ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+        ds.PixelSpacing = [0.5, 0.4]
+        ds.SliceThickness = 3.0
+        ds.Rows, ds.Columns = 8, 6
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = photometric
+        pixels = np.full((8, 6), 100 + x, dtype=np.uint16)
+        pixels[0, 0] = 0  # marks the first row/column so in-plane flips are visible
+        ds.PixelData = pixels.tobytes()
+        ds.save_as(folder / f"{i + 1:03d}", enforce_file_format=True)
+
+
+class TestSeriesOrder:
+    xs = (9.0, 0.0, 3.0, 6.0, 12.0)  # files in shuffled physical order
+    instances = (2, 5, 4, 3, 1)  # InstanceNumber runs opposite to x
+
+    def test_left_knee_lateral_is_plus_x(self, tmp_path: Path) -> None:
+        write_series(tmp_path / "L", self.xs, self.instances)
+        volume = read_knee_series(tmp_path / "L", "left")
+        assert volume.voxels[:, 3, 3].tolist() == [100, 103, 106, 109, 112]
+        assert volume.spacing_row_mm == 0.5 and volume.spacing_col_mm == 0.4
+        # series index = rank by InstanceNumber; x=12 has InstanceNumber 1 -> index 0
+        assert volume.series_index.tolist() == [4, 3, 2, 1, 0]
+        assert volume.to_lateral_index(0) == 4
+        assert volume.voxels[0, 0, 0] == 0  # rows already inferior-going, columns posterior-going
+
+    def test_right_knee_lateral_is_minus_x(self, tmp_path: Path) -> None:
+        write_series(tmp_path / "R", self.xs, self.instances)
+        volume = read_knee_series(tmp_path / "R", "right")
+        assert volume.voxels[:, 3, 3].tolist() == [112, 109, 106, 103, 100]
+        assert np.all(np.diff(volume.slice_positions_mm) > 0)
+
+    def test_monochrome1_is_inverted(self, tmp_path: Path) -> None:
+        write_series(tmp_path / "M", self.xs, self.instances, photometric="MONOCHROME1")
+        volume = read_knee_series(tmp_path / "M", "left")
+        assert volume.voxels[0, 0, 0] > volume.voxels[0, 3, 3]
+
+    def test_bad_series_names_the_folder(self, tmp_path: Path) -> None:
+        (tmp_path / "empty").mkdir()
+        with pytest.raises(SeriesError, match="empty: holds no DICOM"):
+            read_knee_series(tmp_path / "empty", "left")
+        write_series(tmp_path / "axial", self.xs, self.instances)
+        for file in (tmp_path / "axial").iterdir():
+            ds = pydicom.dcmread(file)
+            ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+            ds.save_as(file)
+        with pytest.raises(SeriesError, match="axial: not a sagittal series"):
+            read_knee_series(tmp_path / "axial", "left")
+
+
+def blob_image(shape: tuple[int, int], spacing: tuple[float, float], pose: Pose, seed: int = 3) -> np.ndarray:
+    """Smooth random blobs in canonical mm, rendered through ``pose`` (raw(R p + t) = canonical(p),
+    positive rotation counter-clockwise on screen)."""
+    rng = np.random.default_rng(seed)
+    centres, widths, amps = rng.uniform(-45, 45, (30, 2)), rng.uniform(3, 12, 30), rng.uniform(0.3, 1, 30)
+    rows = (np.arange(shape[0]) - (shape[0] - 1) / 2) * spacing[0]
+    cols = (np.arange(shape[1]) - (shape[1] - 1) / 2) * spacing[1]
+    r, c = np.meshgrid(rows, cols, indexing="ij")
+    a = -np.deg2rad(pose.rotation_deg)
+    x, y = c - pose.shift_col_mm, r - pose.shift_row_mm
+    px, py = np.cos(a) * x + np.sin(a) * y, -np.sin(a) * x + np.cos(a) * y
+    image = np.zeros(shape, np.float32)
+    for (cy, cx), w, amp in zip(centres, widths, amps, strict=True):
+        image += amp * np.exp(-((px - cx) ** 2 + (py - cy) ** 2) / (2 * w**2))
+    return image
+
+
+class TestRegistration:
+    def test_ecc_recovers_known_poses_in_mm(self) -> None:
+        template = blob_image((120, 120), (1.0, 1.0), Pose())
+        rng = np.random.default_rng(0)
+        for _ in range(4):
+            truth = Pose(rng.uniform(-8, 8), rng.uniform(-8, 8), rng.uniform(-8, 8))
+            raw = blob_image((300, 280), (0.4, 0.45), truth) + rng.normal(0, 0.02, (300, 280)).astype(
+                np.float32
+            )
+            result = register_ecc(template, raw, (0.4, 0.45))
+            assert result.converged and result.correlation > 0.95
+            assert abs(result.pose.rotation_deg - truth.rotation_deg) < 0.2
+            assert (
+                np.hypot(
+                    result.pose.shift_row_mm - truth.shift_row_mm,
+                    result.pose.shift_col_mm - truth.shift_col_mm,
+                )
+                < 0.2
+            )
+
+    def test_inverse_pose_undoes_resampling(self) -> None:
+        image = blob_image((100, 100), (1.0, 1.0), Pose())
+        pose = Pose(7.0, 3.0, -4.0)
+        there = resample(image, (1.0, 1.0), pose, (100, 100), 1.0)
+        back = resample(there, (1.0, 1.0), pose.inverse(), (100, 100), 1.0)
+        assert np.abs(back - image)[30:70, 30:70].max() < 0.02
+
+
+class TestQuality:
+    def test_window_gap_and_blank_flags(self) -> None:
+        qc = quality.KneeQC()
+        quality.check_window(30, 9, 11, qc)
+        positions = np.arange(30) * 3.0
+        positions[15:] += 6.0  # two slices missing after slice 14
+        quality.check_gaps(positions, range(0, 23), 1.5, qc)
+        stack = np.random.default_rng(0).random((23, 16, 16)).astype(np.float32)
+        stack[5] = 0.3
+        quality.check_blank(stack, np.ones(23, bool), 0.15, qc)
+        assert set(qc.reasons) == {"too_few_slices", "missing_slices", "blank_slices"}
+        assert "9 medial" in qc.reasons["too_few_slices"] and "after slice 14" in qc.reasons["missing_slices"]
+        assert not qc.passed
+
+    def test_override_list_errors_name_file_and_row(self, tmp_path: Path) -> None:
+        path = tmp_path / "qc.csv"
+        path.write_text("subject_id,side,qc_pass,note\n9000001,left,maybe,x\n")
+        with pytest.raises(ValueError, match=r"qc\.csv: qc_pass must be true/false \(row 2"):
+            quality.read_qc_overrides(path)
+        path.write_text("subject_id,side,qc_pass\n9000001,both,false\n")
+        frame = quality.read_qc_overrides(path)
+        assert quality.override_for(frame, "9000001", "right") == (False, "")
+        assert quality.override_for(frame, "9000002", "right") is None
+
+    def test_centre_list_errors_name_file_and_row(self, tmp_path: Path) -> None:
+        path = tmp_path / "centres.csv"
+        path.write_text("subject_id,side,centre_slice\n9000001,left,18\n9000002,right,-3\n")
+        with pytest.raises(
+            ValueError, match=r"centres\.csv: centre_slice must be a 0-based slice index \(row 3"
+        ):
+            read_centre_overrides(path)
+
+
+def fake_record(subject_id: str, passed: bool) -> dict:
+    knee = {
+        "qc_pass": passed,
+        "qc_reason": "" if passed else "blank_slices: 2 blank slice(s)",
+        "flags": [] if passed else ["blank_slices"],
+        "n_slices": 35,
+        "centre_slice": 17,
+        "centre_method": "detected",
+        "intensity_scale": 1.0,
+        "registration": [{"slice": k, "offset": k - 11, "rotation_deg": 0.0} for k in range(N_SLICES)],
+    }
+    return {
+        "subject_id": subject_id,
+        "knees": {"left": knee, "right": dict(knee, qc_pass=True, qc_reason="", flags=[])},
+    }
+
+
+class TestCache:
+    def make_parts(self, work: Path, config: PreprocessConfig, ids: list[str]) -> None:
+        folder = cache_io.claim_parts(work, config)
+        for n, subject_id in enumerate(ids):
+            pixels = np.full((2, N_SLICES, 224, 224), n, np.uint8)
+            cache_io.write_part(folder, subject_id, pixels, fake_record(subject_id, passed=n != 1))
+
+    def test_merge_writes_contract_cache_and_applies_overrides(self, tmp_path: Path) -> None:
+        config = PreprocessConfig()
+        ids = ["9000003", "9000001", "9000002"]
+        self.make_parts(tmp_path, config, ids)
+        overrides = pd.DataFrame(
+            {"subject_id": ["9000003"], "side": ["left"], "qc_pass": [False], "note": ["motion"]}
+        )
+        cache_io.merge_parts(tmp_path, ids, config, overrides)
+        cache = open_cache(tmp_path / "preprocess" / "cache.npy")
+        index = read_cache_index(tmp_path / "preprocess" / "index.csv")
+        assert index["subject_id"].tolist() == ["9000001", "9000002", "9000003"]
+        assert [int(cache[i, 0, 0, 0, 0]) for i in range(3)] == [1, 2, 0]  # rows follow sorted ids
+        assert index["qc_pass"].tolist() == [False, True, False]
+        assert "blank_slices" in index["qc_reason"][0] and "manual fail: motion" in index["qc_reason"][2]
+        qc = pd.read_csv(tmp_path / "preprocess" / "qc.csv", dtype={"subject_id": str})
+        assert len(qc) == 6 and qc["blank_slices"].sum() == 1
+        assert check_cache(tmp_path, config).crop_mm == 105.0
+
+    def test_other_configuration_and_missing_shards_are_refused(self, tmp_path: Path) -> None:
+        config = PreprocessConfig()
+        self.make_parts(tmp_path, config, ["9000001"])
+        with pytest.raises(
+            CacheMismatchError, match=r"another preprocessing configuration \(differs in \['crop_mm'\]"
+        ):
+            cache_io.claim_parts(tmp_path, PreprocessConfig(crop_mm=90.0))
+        with pytest.raises(CacheMismatchError, match="1 subject\\(s\\) not processed yet"):
+            cache_io.merge_parts(tmp_path, ["9000001", "9000002"], config)
+        assert not (tmp_path / "preprocess" / "cache.npy").exists()
+
+    def test_corrupt_part_is_redone_and_corrupt_cache_refused(self, tmp_path: Path) -> None:
+        config = PreprocessConfig()
+        self.make_parts(tmp_path, config, ["9000001", "9000002"])
+        folder = cache_io.parts_dir(tmp_path)
+        (folder / "9000002.npz").write_bytes(b"not a part")
+        assert cache_io.finished_subjects(folder, ["9000001", "9000002"], 224) == {"9000001"}
+        self.make_parts(tmp_path, config, ["9000001", "9000002"])
+        cache_io.merge_parts(tmp_path, ["9000001", "9000002"], config)
+        index_path = tmp_path / "preprocess" / "index.csv"
+        index_path.write_text("\n".join(index_path.read_text().splitlines()[:2]) + "\n")  # drop a row
+        with pytest.raises(CacheMismatchError, match=r"2 rows but .*index\.csv lists 1"):
+            check_cache(tmp_path)
+        config_path = tmp_path / "preprocess" / "config.json"
+        stored = json.loads(config_path.read_text())
+        config_path.write_text(json.dumps(stored | {"crop_mm": 80.0}))
+        with pytest.raises(CacheMismatchError, match="differs in"):
+            check_cache(tmp_path, config)

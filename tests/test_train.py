@@ -1,0 +1,249 @@
+"""Training: batches, resumable loop, DDP, folds and splits, cross-validation runs and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent))
+from kneepain.cli import app
+from kneepain.contracts import open_cache
+from kneepain.model import load_bundle
+from kneepain.model.siamese import build_model
+from kneepain.train import (
+    RunInputError,
+    TrainingError,
+    balance_report,
+    make_folds,
+    preset,
+    read_folds,
+    run_cv,
+    stratified_split,
+)
+from kneepain.train.data import CacheBatches, draw_epoch
+from kneepain.train.folds import SplitError, check_folds
+from kneepain.train.loop import Dist, fit
+from workfolder import make_work
+
+TINY = {"width": 0.0625, "input_size": 16, "mode": "joint"}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return make_work(tmp_path_factory.mktemp("work"), n=60, size=32, flip=0.05)
+
+
+def _tiny(mode: str = "joint", **train):
+    return preset("tiny", {"mode": mode}, {"device": "cpu", **train})
+
+
+# -- batches ------------------------------------------------------------------------------------
+def test_knee_swap_flips_label_and_knees(work: Path) -> None:
+    cache = open_cache(work / "preprocess" / "cache.npy")
+    rows, labels = np.array([3, 0, 5]), np.array([1, 0, 1])
+    batches = CacheBatches(cache, rows, labels, batch_size=3, input_size=32)
+    x, y = batches.load(np.array([0, 1, 2]), np.array([True, False, False]))
+    assert y.tolist() == [0, 0, 1]
+    torch.testing.assert_close(x[0, 0], torch.from_numpy(cache[3, 1].astype(np.float32) / 255))
+    torch.testing.assert_close(x[1], torch.from_numpy(cache[0].astype(np.float32) / 255))
+    small = CacheBatches(cache, rows, labels, batch_size=3, input_size=16, location=4)
+    xs, _ = small.load(np.array([1]), np.array([False]))
+    assert xs.shape == (1, 2, 1, 16, 16)
+    expected = cache[0, :, 4].astype(np.float32).reshape(2, 16, 2, 16, 2).mean(axis=(2, 4)) / 255
+    np.testing.assert_allclose(xs[0, :, 0].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_epoch_draws_are_seeded_and_shard_evenly() -> None:
+    a = draw_epoch(11, 3, 7, shuffle=True, swap_knees=True)
+    b = draw_epoch(11, 3, 7, shuffle=True, swap_knees=True)
+    assert np.array_equal(a.order, b.order) and np.array_equal(a.swap, b.swap)
+    assert sorted(a.order) == list(range(11))
+    assert not np.array_equal(a.order, draw_epoch(11, 4, 7, shuffle=True, swap_knees=True).order)
+    shards = [draw_epoch(11, 3, 7, shuffle=True, swap_knees=True, rank=r, world=2) for r in range(2)]
+    assert len(shards[0].order) == len(shards[1].order) == 6
+    assert set(np.concatenate([s.order for s in shards])) == set(range(11))
+
+
+# -- the loop -----------------------------------------------------------------------------------
+def _fit(
+    work: Path, out: Path, epochs: int, resume: bool = False, dist: Dist | None = None
+) -> torch.nn.Module:
+    cache = open_cache(work / "preprocess" / "cache.npy")
+    _, config = _tiny(epochs=epochs, patience=0, batch_size=8)
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    rank, world = (dist.rank, dist.world) if dist else (0, 1)
+    train = CacheBatches(
+        cache, np.arange(40), np.arange(40) % 2, batch_size=8 // world, input_size=16, seed=1,
+        shuffle=True, swap_knees=True, rank=rank, world=world,
+    )  # fmt: skip
+    val = CacheBatches(cache, np.arange(40, 50), np.arange(40, 50) % 2, batch_size=8, input_size=16)
+    fit(
+        model,
+        train,
+        val,
+        config,
+        out,
+        device=torch.device("cpu"),
+        dist=dist,
+        resume=resume,
+        show_progress=False,
+    )
+    return model
+
+
+def test_resume_continues_exactly(work: Path, tmp_path: Path) -> None:
+    straight = _fit(work, tmp_path / "a", epochs=4)
+    _fit(work, tmp_path / "b", epochs=2)
+    resumed = _fit(work, tmp_path / "b", epochs=4, resume=True)
+    for key, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)
+    log = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [1, 2, 3, 4]
+    assert {"train_loss", "val_loss", "val_auc", "lr", "images_per_s", "data_wait_share"} <= set(log[0])
+
+
+def _ddp_worker(rank: int, work: str, out: str, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        model = _fit(Path(work), Path(out) / f"rank{rank}", epochs=2, dist=Dist(rank, 2, rank))
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()}, f"{out}/weights{rank}.safetensors"
+        )
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_process_ddp_ends_with_identical_weights(work: Path, tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_worker, args=(str(work), str(tmp_path), port), nprocs=2, join=True)
+    w0, w1 = (load_file(str(tmp_path / f"weights{r}.safetensors")) for r in range(2))
+    assert w0.keys() == w1.keys()
+    for key in w0:
+        torch.testing.assert_close(w0[key], w1[key], rtol=0, atol=0)
+    assert (tmp_path / "rank0" / "metrics.jsonl").exists()
+    assert not (tmp_path / "rank1").exists()  # only rank 0 writes
+
+
+# -- folds and splits ---------------------------------------------------------------------------
+def test_folds_are_stratified_seeded_and_disjoint() -> None:
+    ids = [f"{9000000 + i:07d}" for i in range(53)]
+    labels = np.array([i % 3 == 0 for i in range(53)], dtype=int)
+    folds = make_folds(ids, labels, 10, seed=4)
+    assert folds == make_folds(ids, labels, 10, seed=4)
+    check_folds(folds, ids)
+    positives = [sum(labels[ids.index(s)] for s in f) for f in folds]
+    assert max(positives) - min(positives) <= 1
+    with pytest.raises(SplitError, match="9000001 is in fold 0 and fold 1"):
+        check_folds([["9000001"], ["9000001"]])
+    with pytest.raises(SplitError, match="only one class"):
+        make_folds(ids, np.zeros(53), 10, seed=0)
+
+
+def test_stratified_split_is_70_15_15_and_balanced() -> None:
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({
+        "subject_id": [f"{i:07d}" for i in range(200)],
+        "sex": rng.choice(["female", "male"], 200),
+        "age": rng.normal(60, 9, 200),
+        "bmi": rng.normal(28, 4, 200),
+        "label": rng.integers(0, 2, 200),
+    })  # fmt: skip
+    split = stratified_split(table, seed=1)
+    assert split.value_counts().to_dict() == {"train": 140, "validation": 30, "test": 30}
+    assert split.equals(stratified_split(table, seed=1))
+    report = balance_report(table, split).set_index("parameter")
+    assert report.loc["Age (years)", "p_value"] > 0.5 and report.loc["Women (%)", "p_value"] > 0.5
+    assert list(report.columns) == ["train", "validation", "test", "p_value", "method"]
+
+
+# -- cross-validation ---------------------------------------------------------------------------
+def test_cv_learns_the_toy_task_and_writes_the_run(work: Path) -> None:
+    run = run_cv(work, "joint", folds=3, config=_tiny(epochs=10, patience=0), show_progress=False)
+    predictions = pd.read_csv(run / "predictions.csv", dtype={"subject_id": str})
+    cohort = pd.read_csv(work / "ingest" / "cohort.csv", dtype={"subject_id": str})
+    assert sorted(predictions["subject_id"]) == sorted(cohort["subject_id"])
+    assert (predictions["split"] == "test").all()
+    assert roc_auc_score(predictions["label"], predictions["prob_right"]) > 0.75
+    folds = read_folds(run / "folds.json")
+    for k, fold in enumerate(folds["folds"]):
+        assert set(predictions.loc[predictions["fold"] == k, "subject_id"]) == set(fold)
+        model, meta = load_bundle(run / f"fold_{k:02d}" / "bundle")
+        assert not model.training
+        assert meta["preprocessing"]["image_size"] == 32 and meta["fold"] == k
+        assert (run / f"fold_{k:02d}" / "metrics.jsonl").exists()
+        assert not (run / f"fold_{k:02d}" / "checkpoint").exists()
+    info = json.loads((run / "run.json").read_text())
+    assert info["model"] == "A" and info["status"] == "complete"
+
+
+def test_paper_mode_runs_end_to_end(work: Path) -> None:
+    run = run_cv(work, "paper", folds=2, model="B", config=_tiny("paper", epochs=2), show_progress=False)
+    predictions = pd.read_csv(run / "predictions.csv")
+    assert len(predictions) == 40 and predictions["prob_right"].between(0, 1).all()
+    lines = (run / "fold_00" / "metrics.jsonl").read_text().splitlines()
+    assert {json.loads(line).get("location") for line in lines[:-1]} == set(range(23))
+    assert json.loads(lines[-1])["fusion"] is True
+
+
+# -- bad inputs ---------------------------------------------------------------------------------
+def test_one_class_cohort_is_refused(tmp_path: Path) -> None:
+    one = make_work(tmp_path, n=20, size=16, one_class=True)
+    with pytest.raises(RunInputError, match="only one class"):
+        run_cv(one, "x", folds=2, config=_tiny())
+    assert not (one / "runs").exists()
+
+
+def test_too_few_subjects_for_the_folds(tmp_path: Path) -> None:
+    few = make_work(tmp_path, n=12, size=16)
+    with pytest.raises(RunInputError, match="too few subjects for 10 folds"):
+        run_cv(few, "x", folds=10, config=_tiny())
+
+
+def test_resume_with_another_cache_configuration_is_refused(tmp_path: Path) -> None:
+    w = make_work(tmp_path, n=20, size=16)
+    run_cv(w, "r", folds=2, config=_tiny(epochs=1), show_progress=False)
+    (w / "preprocess" / "config.json").write_text(json.dumps({"register": False, "image_size": 16}))
+    with pytest.raises(RunInputError, match="another preprocessing configuration"):
+        run_cv(w, "r", folds=2, config=_tiny(epochs=1), resume=True)
+    with pytest.raises(RunInputError, match="run exists"):
+        run_cv(w, "r", folds=2, config=_tiny(epochs=1))
+
+
+def test_nan_loss_stops_cleanly_without_a_bundle(tmp_path: Path) -> None:
+    w = make_work(tmp_path, n=20, size=16)
+    config = preset("tiny", {}, {"device": "cpu", "optimizer": "sgd", "lr": 1e30, "epochs": 3, "patience": 0})
+    with pytest.raises(TrainingError, match="loss is"):
+        run_cv(w, "nan", folds=2, config=config, show_progress=False)
+    run = w / "runs" / "nan"
+    assert not (run / "fold_00" / "bundle").exists() and not (run / "predictions.csv").exists()
+
+
+def test_cli_cv_and_its_error_message(work: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(
+        app, ["cv", str(work), "--run", "cli", "--folds", "2", "--preset", "tiny", "--epochs", "1"]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert (work / "runs" / "cli" / "predictions.csv").exists()
+    one = make_work(tmp_path, n=10, size=16, one_class=True)
+    bad = runner.invoke(app, ["cv", str(one), "--folds", "2", "--preset", "tiny"])
+    assert bad.exit_code == 2 and "only one class" in bad.output
+    split = runner.invoke(app, ["split", str(work), "--run", "rv"])
+    assert split.exit_code == 0, split.output
+    assert (work / "runs" / "rv" / "split_balance.csv").exists()
