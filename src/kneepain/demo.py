@@ -88,7 +88,7 @@ def headline(options: DemoOptions) -> list[str]:
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
         for key in ("oracle_auc", "shortcut_auc"):
-            if key in summary:
+            if summary.get(key) is not None:
                 lines.append(f"{key.replace('_', ' ')} (from truth): {summary[key]:.3f}")
     metrics_path = options.out / "work" / "runs" / "demo" / "evaluation" / "metrics.json"
     if metrics_path.exists():

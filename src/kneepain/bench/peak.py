@@ -7,7 +7,9 @@ import time
 import torch
 
 
-def matmul_peak_flops(dtype: torch.dtype, device: str = "cpu", size: int = 1024, seconds: float = 1.0) -> float:
+def matmul_peak_flops(
+    dtype: torch.dtype, device: str = "cpu", size: int = 1024, seconds: float = 1.0
+) -> float:
     """Best FLOP/s of a square matmul in ``dtype`` over about ``seconds`` of repeats."""
     generator = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
