@@ -18,7 +18,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from kneepain.cam.compute import CamInputError, read_cam_outputs, read_run
+from kneepain.cam.compute import CamInputError, CamOutputs, read_cam_outputs, read_run
 from kneepain.cam.localization import (
     area_above_half,
     energy_share,
@@ -27,6 +27,7 @@ from kneepain.cam.localization import (
     lesion_at_hot_spot,
     localize,
     pointing_hit,
+    summarize,
 )
 from kneepain.cam.stage import run_cam_stage
 from kneepain.cli import app
@@ -242,3 +243,27 @@ def test_bundle_asking_for_a_smaller_input_gets_resized_slices(tmp_path: Path) -
     assert pd.read_csv(run / "cam" / "index.csv")["best_slice"].tolist() == SPOT_SLICE
     assert summary["map_size"] == [14, 14]
     assert summary["pointing_hit_rate_correct"] == 1.0
+
+
+def test_difference_map_finds_the_lesion_that_shared_anatomy_hides() -> None:
+    # Both knees light up on the same anatomy at slice 22 (stronger than anything else); only the
+    # painful (right) knee has extra evidence at slice 9, where its lesion is.
+    cams = np.zeros((1, 2, 23, 28, 28), dtype=np.float32)
+    cams[0, :, 22, 2, 2] = 5.0
+    cams[0, :, 22] += 0.5
+    cams[0, 1, 9, 14, 20] = 3.0
+    labels = np.zeros((23, 224, 224), dtype=np.uint8)
+    labels[9, 14 * 8 : 15 * 8, 20 * 8 : 21 * 8] = 2
+    paper_slice = int(np.argmax(cams[0, 1].mean(axis=(1, 2))))
+    index = pd.DataFrame(
+        {"subject_id": ["9000001"], "painful_side": ["right"], "correct": [True], "best_slice": [paper_slice]}
+    )
+    outputs = CamOutputs(Path("."), cams, index, {}, None)
+    table = localize(outputs, lambda subject, side: labels if side == "right" else None)
+    row = table.iloc[0]
+    assert row["best_slice"] == 22 and not row["hit"]
+    assert row["best_slice_difference"] == 9 and row["hit_difference"]
+    assert row["lesion_difference"] == "bone_marrow_lesion"
+    summary = summarize(table, "kneenet", [28, 28])
+    assert summary["pointing_hit_rate_correct"] == 0.0
+    assert summary["pointing_hit_rate_correct_difference"] == 1.0

@@ -3,6 +3,7 @@ shards, configuration check, manual overrides, bad series, CLI."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -75,9 +76,12 @@ def test_figures_against_truth(processed: tuple[Path, Path, dict]) -> None:
     assert figures["centre_within_1"] >= 0.95
     assert figures["aligned_median_mm"] <= 0.5 and figures["aligned_median_deg"] <= 0.5
     assert figures["aligned_within_2mm"] >= 0.98
-    # Raw residuals include one global offset between the data-derived template frame and the
-    # generator's (docs/preprocess.md); it must be a small constant, not knee-to-knee scatter.
-    assert np.hypot(*figures["global_offset_deg_row_col"][1:]) < 6.0
+    # Raw residuals include one global offset between the template's frame and the generator's:
+    # the unbiased template's frame is its knees' mean pose, so the offset is minus that mean
+    # (here 16 knees, 40% with artifacts, offset about 3.5 mm; within 0.1 mm on 78 clean-ish knees).
+    offset = np.array(figures["global_offset_deg_row_col"])
+    sample_mean = np.array(figures["template_knees_true_mean_deg_row_col"])
+    assert abs(offset[0] + sample_mean[0]) < 0.6 and np.hypot(*(offset[1:] + sample_mean[1:])) < 0.6
     assert figures["qc_sensitivity"] >= 0.9 and figures["qc_specificity"] >= 0.95
 
 
@@ -124,16 +128,30 @@ def test_rerun_skips_finished_and_other_configuration_is_refused(processed: tupl
     assert (work / "preprocess" / "cache.npy").read_bytes() == before  # refused, nothing overwritten
 
 
-def test_shards_merge_to_the_same_cache(processed: tuple[Path, Path, dict], tmp_path: Path) -> None:
+def test_shards_share_one_stored_template_and_merge_to_the_same_cache(
+    processed: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
     _, work, _ = processed
     shutil.copytree(work / "ingest", tmp_path / "ingest")
+    runner = CliRunner()
+    built = runner.invoke(app, ["preprocess", str(tmp_path), "--template-only", "--workers", "1"])
+    assert built.exit_code == 0, built.output
+    template = tmp_path / "preprocess" / "template.npy"
+    # Same cohort, another worker count: the same template, byte for byte.
+    assert template.read_bytes() == (work / "preprocess" / "template.npy").read_bytes()
+    record = json.loads((tmp_path / "preprocess" / "template.json").read_text())
+    assert (
+        record["source"] == "built" and record["rounds"] and not (tmp_path / "preprocess" / "parts").exists()
+    )
+    stamp = template.stat().st_mtime_ns
     processed = 0
     for i in range(2):
         summary = run_preprocess(tmp_path, workers=1, shard=(i, 2))
         assert not (tmp_path / "preprocess" / "cache.npy").exists()  # shards do not merge
+        assert summary["template_cpu_seconds"] < 1.0  # read, not rebuilt
         processed += summary["processed"]
+    assert template.stat().st_mtime_ns == stamp
     assert processed == len(both_series(work))
-    runner = CliRunner()
     result = runner.invoke(app, ["preprocess", str(tmp_path), "--merge-only"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "preprocess" / "cache.npy").read_bytes() == (
@@ -141,6 +159,37 @@ def test_shards_merge_to_the_same_cache(processed: tuple[Path, Path, dict], tmp_
     ).read_bytes()
     bad = runner.invoke(app, ["preprocess", str(tmp_path), "--shard", "3/2"])
     assert bad.exit_code != 0 and "0 <= i < n" in bad.output
+
+
+def test_template_from_another_work_folder(processed: tuple[Path, Path, dict], tmp_path: Path) -> None:
+    """--template reuses a stored template: the cache rows come out as in the folder it came from;
+    a template of the wrong shape, or another template than the parts', is refused by name."""
+    _, work, _ = processed
+    given = work / "preprocess" / "template.npy"
+    other = tmp_path / "other"
+    shutil.copytree(work / "ingest", other / "ingest")
+    summary = run_preprocess(other, workers=1, shard=(0, 4), template=given)
+    assert summary["processed"] >= 1
+    index = read_cache_index(work / "preprocess" / "index.csv").set_index("subject_id")
+    cache = open_cache(work / "preprocess" / "cache.npy")
+    for part in sorted((other / "preprocess" / "parts").glob("*.npz")):
+        with np.load(part) as data:
+            assert np.array_equal(data["pixels"], cache[int(index.loc[part.stem, "row"])])
+    record = json.loads((other / "preprocess" / "template.json").read_text())
+    assert record["source"] == str(given.resolve())
+
+    changed = tmp_path / "changed.npy"
+    np.save(changed, np.load(given) * 0.5)
+    with pytest.raises(CacheMismatchError, match=r"changed\.npy: not the template the parts"):
+        run_preprocess(other, workers=1, shard=(0, 4), template=changed)
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((5, 80, 80), np.float32))
+    fresh = tmp_path / "fresh"
+    shutil.copytree(work / "ingest", fresh / "ingest")
+    result = CliRunner().invoke(app, ["preprocess", str(fresh), "--template", str(wrong)])
+    output = " ".join(result.output.split())  # the console wraps long lines
+    assert result.exit_code != 0 and "wrong.npy: template shape (5, 80, 80) does not fit" in output
+    assert not (fresh / "preprocess" / "template.npy").exists()
 
 
 def test_manual_lists_override_detection_and_flags(

@@ -17,7 +17,8 @@ from kneepain.preprocess import CacheMismatchError, PreprocessConfig, check_cach
 from kneepain.preprocess import cache as cache_io
 from kneepain.preprocess.centre_slice import read_centre_overrides
 from kneepain.preprocess.registration import Pose, register_ecc, resample
-from kneepain.preprocess.series_io import SeriesError, read_knee_series
+from kneepain.preprocess.series_io import KneeVolume, SeriesError, read_knee_series
+from kneepain.preprocess.template import TemplateKnee, build_templates, fit_knee
 
 
 def write_series(
@@ -74,6 +75,18 @@ class TestSeriesOrder:
         volume = read_knee_series(tmp_path / "M", "left")
         assert volume.voxels[0, 0, 0] > volume.voxels[0, 3, 3]
 
+    def test_bits_above_bits_stored_are_cleared_as_pydicom_does(self, tmp_path: Path) -> None:
+        write_series(tmp_path / "B", self.xs, self.instances)
+        file = sorted((tmp_path / "B").iterdir())[0]
+        ds = pydicom.dcmread(file)
+        ds.BitsStored, ds.HighBit = 12, 11
+        pixels = np.full((8, 6), 4096 + 7, np.uint16)  # bit 12 set: not part of the stored value
+        ds.PixelData = pixels.tobytes()
+        ds.save_as(file)
+        volume = read_knee_series(tmp_path / "B", "left")
+        expected = pydicom.dcmread(file).pixel_array
+        assert expected.max() == 7 and np.array_equal(volume.voxels[3], expected)  # x = 9.0: index 3
+
     def test_bad_series_names_the_folder(self, tmp_path: Path) -> None:
         (tmp_path / "empty").mkdir()
         with pytest.raises(SeriesError, match="empty: holds no DICOM"):
@@ -87,9 +100,11 @@ class TestSeriesOrder:
             read_knee_series(tmp_path / "axial", "left")
 
 
-def blob_image(shape: tuple[int, int], spacing: tuple[float, float], pose: Pose, seed: int = 3) -> np.ndarray:
-    """Smooth random blobs in canonical mm, rendered through ``pose`` (raw(R p + t) = canonical(p),
-    positive rotation counter-clockwise on screen)."""
+def blob_image(
+    shape: tuple[int, int], spacing: tuple[float, float], pose: Pose, seed: int = 3, scale: float = 1.0
+) -> np.ndarray:
+    """Smooth random blobs in canonical mm, rendered through ``pose`` (raw(R s p + t) = canonical(p),
+    positive rotation counter-clockwise on screen, ``s`` the object's size)."""
     rng = np.random.default_rng(seed)
     centres, widths, amps = rng.uniform(-45, 45, (30, 2)), rng.uniform(3, 12, 30), rng.uniform(0.3, 1, 30)
     rows = (np.arange(shape[0]) - (shape[0] - 1) / 2) * spacing[0]
@@ -97,7 +112,7 @@ def blob_image(shape: tuple[int, int], spacing: tuple[float, float], pose: Pose,
     r, c = np.meshgrid(rows, cols, indexing="ij")
     a = -np.deg2rad(pose.rotation_deg)
     x, y = c - pose.shift_col_mm, r - pose.shift_row_mm
-    px, py = np.cos(a) * x + np.sin(a) * y, -np.sin(a) * x + np.cos(a) * y
+    px, py = (np.cos(a) * x + np.sin(a) * y) / scale, (-np.sin(a) * x + np.cos(a) * y) / scale
     image = np.zeros(shape, np.float32)
     for (cy, cx), w, amp in zip(centres, widths, amps, strict=True):
         image += amp * np.exp(-((px - cx) ** 2 + (py - cy) ** 2) / (2 * w**2))
@@ -124,12 +139,75 @@ class TestRegistration:
                 < 0.2
             )
 
+    def test_affine_fit_keeps_the_pose_of_a_larger_knee(self) -> None:
+        """A knee 12% larger than the template: the pose (rigid part) is still its true pose."""
+        template = blob_image((100, 100), (1.0, 1.0), Pose())
+        truth = Pose(4.0, -5.0, 6.0)
+        raw = blob_image((300, 280), (0.4, 0.45), truth, scale=1.12)
+        result = register_ecc(template, raw, (0.4, 0.45), iterations=30)
+        assert result.converged and abs(result.scale - 1.12) < 0.01
+        assert abs(result.pose.rotation_deg - truth.rotation_deg) < 0.2
+        assert (
+            np.hypot(
+                result.pose.shift_row_mm - truth.shift_row_mm, result.pose.shift_col_mm - truth.shift_col_mm
+            )
+            < 0.2
+        )
+
     def test_inverse_pose_undoes_resampling(self) -> None:
         image = blob_image((100, 100), (1.0, 1.0), Pose())
         pose = Pose(7.0, 3.0, -4.0)
         there = resample(image, (1.0, 1.0), pose, (100, 100), 1.0)
         back = resample(there, (1.0, 1.0), pose.inverse(), (100, 100), 1.0)
         assert np.abs(back - image)[30:70, 30:70].max() < 0.02
+
+
+def template_knees(n: int, half: int, search: int, seed: int = 0) -> tuple[list[TemplateKnee], np.ndarray]:
+    """``n`` blob 'knees' on the 1 mm grid (a different blob pattern per slice offset) at random
+    poses and sizes; returns the knees and their true poses [deg, row mm, col mm]."""
+    rng = np.random.default_rng(seed)
+    knees, poses = [], []
+    for _ in range(n):
+        pose = Pose(rng.uniform(-3, 3), rng.uniform(-4, 4), rng.uniform(-4, 4))
+        scale = rng.uniform(0.95, 1.05)
+        offsets = range(-half - search, half + search + 1)
+        voxels = np.stack(
+            [blob_image((128, 128), (1.0, 1.0), pose, seed=100 + j, scale=scale) for j in offsets]
+        )
+        volume = KneeVolume(
+            voxels=voxels,
+            spacing_row_mm=1.0,
+            spacing_col_mm=1.0,
+            slice_positions_mm=np.arange(len(voxels)) * 3.0,
+            series_index=np.arange(len(voxels)),
+            side="left",
+            path=Path("blobs"),
+        )
+        knees.append(TemplateKnee(volume, half + search))
+        poses.append([pose.rotation_deg, pose.shift_row_mm, pose.shift_col_mm])
+    return knees, np.array(poses)
+
+
+class TestUnbiasedTemplate:
+    def test_mean_pose_to_the_template_is_the_identity(self) -> None:
+        """Knees refitted to the final template average to the identity, so the template's frame
+        is the group's mean pose: each knee's fitted pose is its true pose minus that mean."""
+        half, search = 2, 1
+        knees, truth = template_knees(10, half, search)
+        templates, history = build_templates(knees, half, 80, core_half=half, search=search)
+        assert templates.shape == (2 * half + 1, 80, 80) and np.isfinite(templates).all()
+        last = history[-1]  # the rounds stopped because the last one removed almost nothing
+        assert (
+            abs(last["rotation_deg"]) < 0.25 and np.hypot(last["shift_row_mm"], last["shift_col_mm"]) < 0.25
+        )
+        fits = [fit_knee((k, templates, np.eye(2, 3), half, search, "affine"))[1] for k in knees]
+        mean = Pose.from_matrix(np.mean(fits, axis=0))
+        assert abs(mean.rotation_deg) < 0.1 and np.hypot(mean.shift_row_mm, mean.shift_col_mm) < 0.1
+        poses = np.array(
+            [[p.rotation_deg, p.shift_row_mm, p.shift_col_mm] for p in map(Pose.from_matrix, fits)]
+        )
+        residual = poses - (truth - truth.mean(axis=0))
+        assert np.abs(residual[:, 0]).max() < 0.3 and np.hypot(residual[:, 1], residual[:, 2]).max() < 0.3
 
 
 class TestQuality:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -16,16 +17,8 @@ from kneepain.cli import app
 from kneepain.evaluate.stage import EvaluateOptions, evaluate_run
 from test_evaluate_stage import write_cohort, write_run
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 
 class Links(HTMLParser):
@@ -77,6 +70,17 @@ def full_run(tmp_path: Path, **info: object) -> Path:
             "painful_side": np.where(rows["label"] == 1, "right", "left"),
         }
     ).to_csv(run / "cam" / "index.csv", index=False)
+    localization = {
+        "backbone": "kneenet",
+        "map_size": [28, 28],
+        "area_above_half_pct_mean": 6.04,
+        "area_above_half_pct_sd": 2.41,
+        "pointing_hit_rate_correct": 0.8125,
+        "pointing_n_correct": 16,
+        "pointing_hit_rate_all": None,
+        "localization_skipped": "",
+    }
+    (run / "cam" / "localization.json").write_text(json.dumps(localization))
     return run
 
 
@@ -97,6 +101,7 @@ def test_report_is_self_contained_and_shows_every_section(tmp_path: Path) -> Non
     assert f"{metrics['auc']:.3f}" in html
     expected = ["both knees imaged", "61.2 (8.9)", "right_painful", "blank slices", "kneenet", "scikit-learn"]
     expected += ["Difference in KL grade between two knees = 0", "No comparison was requested"]
+    expected += ["28 x 28", "6.0", "81.2%", "pointing game, correctly predicted subjects"]
     for text in expected:
         assert text in html, text
 
@@ -135,28 +140,19 @@ def test_truth_folder_beside_recorded_images_marks_the_data_synthetic(
 
 
 @pytest.mark.browser
-def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); CI installs it")
-    from playwright.sync_api import sync_playwright
-
+def test_report_renders_in_headless_chromium(tmp_path: Path, chromium: Browser) -> None:
     run = full_run(tmp_path, synthetic=True)
     CliRunner().invoke(app, ["report", str(run)])
     screenshot = tmp_path / "report.png"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            requests: list[str] = []
-            page.on("request", lambda request: requests.append(request.url))
-            page.goto((run / "report.html").resolve().as_uri())
-            page.wait_for_load_state("load")
-            assert page.evaluate("document.getElementById('roc-image').naturalWidth") > 0
-            assert page.evaluate("document.getElementById('cam-0').naturalWidth") == 64
-            assert page.locator("#synthetic-notice").is_visible()
-            assert "SYNTHETIC DATA" in page.locator("#synthetic-notice").inner_text()
-            page.screenshot(path=str(screenshot), full_page=True)
-        finally:
-            browser.close()
+    page = chromium.new_page(viewport={"width": 1200, "height": 900})
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto((run / "report.html").resolve().as_uri())
+    page.wait_for_load_state("load")
+    assert page.evaluate("document.getElementById('roc-image').naturalWidth") > 0
+    assert page.evaluate("document.getElementById('cam-0').naturalWidth") == 64
+    assert page.locator("#synthetic-notice").is_visible()
+    assert "SYNTHETIC DATA" in page.locator("#synthetic-notice").inner_text()
+    page.screenshot(path=str(screenshot), full_page=True)
     assert [r for r in requests if not r.startswith(("file:", "data:"))] == []
     assert screenshot.stat().st_size > 10_000

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -75,12 +76,32 @@ def test_epoch_draws_are_seeded_and_shard_evenly() -> None:
     assert set(np.concatenate([s.order for s in shards])) == set(range(11))
 
 
+@pytest.mark.parametrize("location", [None, 11])
+def test_batches_resized_once_equal_batches_resized_each_time(location: int | None) -> None:
+    cache = np.random.default_rng(0).integers(0, 256, (12, 2, 23, 64, 64), dtype=np.uint8)
+    rows, labels = np.array([5, 1, 7, 3, 9, 0]), np.array([1, 0, 1, 0, 1, 0])
+    options = dict(batch_size=4, input_size=16, seed=3, shuffle=True, swap_knees=True, location=location)
+    kept = CacheBatches(cache, rows, labels, **options)
+    each_time = CacheBatches(cache, rows, labels, max_resized_bytes=0, **options)
+    for epoch in range(2):
+        pairs = zip(kept.epoch(epoch), each_time.epoch(epoch), strict=True)
+        for (x_kept, y_kept), (x_each, y_each) in pairs:
+            assert torch.equal(y_kept, y_each)
+            torch.testing.assert_close(x_kept, x_each, rtol=0, atol=0)
+    assert kept._resized is not None and each_time._resized is None
+
+
 # -- the loop -----------------------------------------------------------------------------------
 def _fit(
-    work: Path, out: Path, epochs: int, resume: bool = False, dist: Dist | None = None
+    work: Path,
+    out: Path,
+    epochs: int,
+    resume: bool = False,
+    dist: Dist | None = None,
+    channels_last: bool = False,
 ) -> torch.nn.Module:
     cache = open_cache(work / "preprocess" / "cache.npy")
-    _, config = _tiny(epochs=epochs, patience=0, batch_size=8)
+    _, config = _tiny(epochs=epochs, patience=0, batch_size=8, channels_last=channels_last)
     torch.manual_seed(0)
     model = build_model(TINY)
     rank, world = (dist.rank, dist.world) if dist else (0, 1)
@@ -114,6 +135,15 @@ def test_resume_continues_exactly(work: Path, tmp_path: Path) -> None:
     assert {"train_loss", "val_loss", "val_auc", "lr", "images_per_s", "data_wait_share"} <= set(log[0])
 
 
+def test_channels_last_training_checkpoints_and_resumes(work: Path, tmp_path: Path) -> None:
+    # Regression: best-epoch weights kept in channels_last strides made safetensors refuse the checkpoint.
+    _fit(work, tmp_path / "cl", epochs=2, channels_last=True)
+    saved = load_file(str(tmp_path / "cl" / "checkpoint" / "state.safetensors"))
+    assert any(key.startswith("best.") for key in saved)
+    resumed = _fit(work, tmp_path / "cl", epochs=3, resume=True, channels_last=True)
+    assert all(torch.isfinite(v).all() for v in resumed.state_dict().values() if v.is_floating_point())
+
+
 def _ddp_worker(rank: int, work: str, out: str, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
     torch.set_num_threads(1)
@@ -138,6 +168,24 @@ def test_two_process_ddp_ends_with_identical_weights(work: Path, tmp_path: Path)
         torch.testing.assert_close(w0[key], w1[key], rtol=0, atol=0)
     assert (tmp_path / "rank0" / "metrics.jsonl").exists()
     assert not (tmp_path / "rank1").exists()  # only rank 0 writes
+
+
+def test_cv_under_torchrun_writes_one_run_from_rank_zero(work: Path, tmp_path: Path) -> None:
+    # torchrun's own parser would take `--run` as an abbreviation of its `--run-path`: `--` ends it.
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"),
+        *("-m", "kneepain", "--", "cv", str(work), "--run", "ddp", "--folds", "2"),
+        *("--preset", "tiny", "--input-size", "16", "--epochs", "1", "--device", "cpu"),
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    run = work / "runs" / "ddp"
+    predictions = pd.read_csv(run / "predictions.csv", dtype={"subject_id": str})
+    assert predictions["subject_id"].is_unique
+    folds = read_folds(run / "folds.json")["folds"]
+    assert set(predictions["subject_id"]) == {s for fold in folds for s in fold}
+    assert all((run / f"fold_{k:02d}" / "bundle" / "model.json").exists() for k in range(2))
+    assert completed.stderr.count("cv: run") == 1  # rank 1 stays quiet
 
 
 # -- folds and splits ---------------------------------------------------------------------------

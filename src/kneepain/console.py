@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -10,7 +11,8 @@ from typing import TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-console = Console(stderr=True, highlight=False)
+# Under torchrun every process runs the same command; only rank 0 speaks (errors still reach stderr).
+console = Console(stderr=True, highlight=False, quiet=os.environ.get("RANK", "0") != "0")
 T = TypeVar("T")
 
 

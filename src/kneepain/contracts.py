@@ -6,8 +6,10 @@ and in docs/contracts.md together.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +39,7 @@ CACHE_CONFIG = "config.json"
 QC_REPORT = "qc.csv"
 REGISTRATION_TABLE = "registration.csv"
 PREDICTIONS_TABLE = "predictions.csv"
+RUN_INFO = "run.json"
 FOLDS_FILE = "folds.json"
 BUNDLE_WEIGHTS = "model.safetensors"
 BUNDLE_META = "model.json"
@@ -165,3 +168,114 @@ def training_table(work: str | Path, model: str = "A") -> pd.DataFrame:
     joined = member.merge(index[index["qc_pass"].astype(bool)], on="subject_id", how="inner")
     joined["label"] = joined["label"].astype(int)
     return joined.sort_values("subject_id").reset_index(drop=True)
+
+
+# --- a run folder (WORK/runs/<run>), as the stages after training read it ----------------------
+class RunFolderError(ValueError):
+    """A run folder, its run.json or its predictions table is missing or malformed; the message says where."""
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A run folder, what its run.json says (empty when absent) and the work folder it belongs to."""
+
+    path: Path
+    info: dict[str, Any]
+    work: Path
+
+    @property
+    def run_info(self) -> Path:
+        return self.path / RUN_INFO
+
+    @property
+    def predictions_table(self) -> Path:
+        return self.path / PREDICTIONS_TABLE
+
+
+def name_subjects(ids: Any, limit: int = 10) -> str:
+    """'9000001, 9000002 (+3 more)': subject ids for an error message, shortened."""
+    ids = [str(i) for i in ids]
+    shown = ", ".join(ids[:limit])
+    return shown + (f" (+{len(ids) - limit} more)" if len(ids) > limit else "")
+
+
+def read_run_info(run_dir: str | Path) -> dict[str, Any]:
+    """The run's ``run.json`` (empty when absent); a malformed file is an error naming it."""
+    path = Path(run_dir) / RUN_INFO
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise RunFolderError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(info, dict):
+        raise RunFolderError(f"{path}: expected a JSON object")
+    return info
+
+
+def run_work_folder(run_dir: str | Path, info: dict[str, Any]) -> Path:
+    """The work folder: ``work`` from run.json (relative to the run), else WORK of WORK/runs/<run>."""
+    run_dir = Path(run_dir)
+    if info.get("work"):
+        work = Path(str(info["work"]))
+        return work if work.is_absolute() else (run_dir / work).resolve()
+    return run_dir.resolve().parent.parent
+
+
+def read_run_folder(run_dir: str | Path) -> RunFolder:
+    """Open a run folder: check it exists, read its run.json and find its work folder."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir}: run folder not found")
+    info = read_run_info(run_dir)
+    return RunFolder(run_dir, info, run_work_folder(run_dir, info))
+
+
+def _bad_rows(path: Path, test: pd.DataFrame, wrong: pd.Series, problem: str) -> None:
+    """Refuse the table when any test row is ``wrong``, naming the file, the problem and the subjects."""
+    if wrong.any():
+        raise RunFolderError(
+            f"{path}: {problem} for subject(s) {name_subjects(test.loc[wrong, 'subject_id'])}"
+        )
+
+
+def read_test_predictions(path: str | Path) -> pd.DataFrame:
+    """The rows with split ``test`` of a predictions table, one per subject, checked.
+
+    Returns ``subject_id`` (str), ``fold`` (int), ``label`` (0/1 int) and ``prob_right`` (float in
+    [0, 1]) in file order; any other state of the table is a RunFolderError naming the file, the
+    column and the subjects, because every evaluation number and map is computed from these rows.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RunFolderError(f"{path}: predictions table not found (has the cv/train stage run?)")
+    try:
+        frame = pd.read_csv(path, dtype={"subject_id": str, "split": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise RunFolderError(f"{path}: predictions table is not a readable CSV ({error})") from error
+    missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
+    if missing:
+        raise RunFolderError(f"{path}: predictions table lacks column(s) {missing}")
+    test = frame[frame["split"] == "test"].copy()
+    if test.empty:
+        raise RunFolderError(
+            f"{path}: no rows with split 'test' (splits present: {sorted(frame['split'].dropna().unique())})"
+        )
+    if test["subject_id"].isna().any():
+        raise RunFolderError(f"{path}: {int(test['subject_id'].isna().sum())} test row(s) have no subject_id")
+    duplicated = test.loc[test["subject_id"].duplicated(keep=False), "subject_id"].unique()
+    if len(duplicated):
+        raise RunFolderError(
+            f"{path}: subject(s) appear more than once with split 'test': {name_subjects(sorted(duplicated))}"
+        )
+    prob = pd.to_numeric(test["prob_right"], errors="coerce")
+    _bad_rows(path, test, ~np.isfinite(prob), "column prob_right is NaN or not a number")
+    _bad_rows(path, test, (prob < 0) | (prob > 1), "prob_right outside [0, 1]")
+    label = pd.to_numeric(test["label"], errors="coerce")
+    _bad_rows(path, test, ~label.isin([0, 1]), "column label is not 0 or 1")
+    fold = pd.to_numeric(test["fold"], errors="coerce")
+    _bad_rows(path, test, ~np.isfinite(fold) | (fold % 1 != 0), "column fold is not a whole number")
+    test["prob_right"] = prob.astype(np.float64)
+    test["label"] = label.astype(int)
+    test["fold"] = fold.astype(int)
+    return test[["subject_id", "fold", "label", "prob_right"]].reset_index(drop=True)

@@ -10,10 +10,18 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from kneepain.console import console
+from kneepain.fileio import write_json
+
+DEMO_RECORD = "demo.json"
+
+
+class DemoError(RuntimeError):
+    """The demo cannot start or go on (a clash with an earlier demo's folder, a failed stage)."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +35,10 @@ class DemoOptions:
     folds: int
     workers: int | None = None
 
+    def record(self) -> dict[str, Any]:
+        """What decides the demo's results (not the output folder or the worker count)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("out", "workers")}
+
 
 @dataclass(frozen=True)
 class DemoStep:
@@ -36,19 +48,28 @@ class DemoStep:
     args: list[str]
 
 
-def demo_steps(options: DemoOptions) -> list[DemoStep]:
-    """The stages of the demo with their arguments, in order."""
+def demo_steps(options: DemoOptions, *, resume: bool = False) -> list[DemoStep]:
+    """The stages of the demo with their arguments, in order.
+
+    With ``resume`` (an earlier demo with the same options stopped in this folder) a finished
+    cohort is kept and cross-validation continues from its finished folds.
+    """
     cohort = options.out / "cohort"
     work = options.out / "work"
     run = work / "runs" / "demo"
     seed = str(options.seed)
     workers = ["--workers", str(options.workers)] if options.workers else []
     preset = ["--preset", "tiny" if options.fast else "small"]
-    return [
+    keep_cohort = resume and (cohort / "truth" / "summary.json").exists()
+    resume_cv = ["--resume"] if resume and (run / "run.json").exists() else []
+    synth = [] if keep_cohort else [
         DemoStep(
             "synth",
             ["synth", "--out", str(cohort), "--subjects", str(options.subjects), "--seed", seed, *workers],
-        ),
+        )
+    ]  # fmt: skip
+    return [
+        *synth,
         DemoStep(
             "ingest",
             [
@@ -62,7 +83,11 @@ def demo_steps(options: DemoOptions) -> list[DemoStep]:
         DemoStep("preprocess", ["preprocess", str(work), *workers]),
         DemoStep(
             "cross-validation",
-            ["cv", str(work), "--run", "demo", "--folds", str(options.folds), "--seed", seed, *preset],
+            [
+                *("cv", str(work), "--run", "demo", "--folds", str(options.folds), "--seed", seed),
+                *preset,
+                *resume_cv,
+            ],
         ),
         DemoStep("evaluate", ["evaluate", str(run)]),
         DemoStep("cam", ["cam", str(run), "--truth", str(cohort / "truth")]),
@@ -71,49 +96,104 @@ def demo_steps(options: DemoOptions) -> list[DemoStep]:
 
 
 def run_step(step: DemoStep) -> float:
-    """Run one stage as `python -m kneepain ...`; stop the demo with its message if it fails."""
+    """Run one stage as `python -m kneepain ...`; raise DemoError naming the stage if it fails."""
     console.rule(f"[bold]{step.name}")
     start = time.perf_counter()
     completed = subprocess.run([sys.executable, "-m", "kneepain", *step.args], check=False)
     if completed.returncode != 0:
-        console.print(f"[red]demo stopped: stage '{step.name}' failed (exit {completed.returncode})")
-        raise SystemExit(completed.returncode)
+        raise DemoError(f"stage '{step.name}' failed (exit {completed.returncode}); its message is above")
     return time.perf_counter() - start
 
 
-def headline(options: DemoOptions) -> list[str]:
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def headline_numbers(options: DemoOptions) -> dict[str, Any]:
     """The numbers a reader wants first, read back from the stages' own files."""
+    run = options.out / "work" / "runs" / "demo"
+    truth = _read_json(options.out / "cohort" / "truth" / "summary.json")
+    metrics = _read_json(run / "evaluation" / "metrics.json")
+    cams = _read_json(run / "cam" / "localization.json")
+    report = run / "report.html"
+    return {
+        "synthetic": True,
+        "oracle_auc": truth.get("oracle_auc"),
+        "shortcut_auc": truth.get("shortcut_auc"),
+        "auc": metrics.get("auc"),
+        "auc_ci_delong": metrics.get("auc_ci_delong"),
+        "n": metrics.get("n"),
+        "pointing_hit_rate_correct": cams.get("pointing_hit_rate_correct"),
+        "area_above_half_pct_mean": cams.get("area_above_half_pct_mean"),
+        "report": str(report.resolve()) if report.exists() else None,
+    }
+
+
+def headline(numbers: dict[str, Any]) -> list[str]:
+    """People-readable lines of :func:`headline_numbers`, starting with the synthetic-data warning."""
     lines = ["SYNTHETIC DATA: these numbers describe the generator, not any clinical population."]
-    summary_path = options.out / "cohort" / "truth" / "summary.json"
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        for key in ("oracle_auc", "shortcut_auc"):
-            if summary.get(key) is not None:
-                lines.append(f"{key.replace('_', ' ')} (from truth): {summary[key]:.3f}")
-    metrics_path = options.out / "work" / "runs" / "demo" / "evaluation" / "metrics.json"
-    if metrics_path.exists():
-        metrics = json.loads(metrics_path.read_text())
-        auc = metrics.get("auc")
-        low, high = metrics.get("auc_ci_delong", [None, None])
-        if auc is not None:
-            ci = f" (95% CI {low:.3f}-{high:.3f})" if low is not None else ""
-            lines.append(f"out-of-fold AUC: {auc:.3f}{ci}, n = {metrics.get('n', '?')}")
-    report = options.out / "work" / "runs" / "demo" / "report.html"
-    if report.exists():
-        lines.append(f"report: {report.resolve()}")
+    for key in ("oracle_auc", "shortcut_auc"):
+        if numbers.get(key) is not None:
+            lines.append(f"{key.replace('_', ' ')} (from truth): {numbers[key]:.3f}")
+    if numbers.get("auc") is not None:
+        low, high = numbers.get("auc_ci_delong") or (None, None)
+        ci = f" (95% CI {low:.3f}-{high:.3f})" if low is not None else ""
+        lines.append(f"out-of-fold AUC: {numbers['auc']:.3f}{ci}, n = {numbers.get('n', '?')}")
+    if numbers.get("pointing_hit_rate_correct") is not None:
+        rate = 100 * numbers["pointing_hit_rate_correct"]
+        lines.append(f"CAM hot spot on a true lesion (correct predictions): {rate:.1f}%")
+    if numbers.get("report"):
+        lines.append(f"report: {numbers['report']}")
     return lines
 
 
-def run_demo(options: DemoOptions) -> None:
-    """Run every stage on a synthetic cohort and print where the report is, with headline numbers."""
+def check_earlier_demo(options: DemoOptions) -> bool:
+    """True when ``out`` holds an earlier demo with the same options (resume it); refuse a different one."""
+    record_path = options.out / DEMO_RECORD
+    if not record_path.exists():
+        if options.out.exists() and any(options.out.iterdir()):
+            raise DemoError(
+                f"{options.out}: exists, is not empty and holds no {DEMO_RECORD}; choose a new folder"
+            )
+        return False
+    try:
+        earlier = json.loads(record_path.read_text(encoding="utf-8"))["options"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise DemoError(f"{record_path}: unreadable demo record ({error}); choose a new folder") from error
+    if earlier != options.record():
+        raise DemoError(
+            f"{record_path}: this folder holds a demo run with {earlier}, not {options.record()}; "
+            "choose a new --out or repeat the same options to resume it"
+        )
+    return True
+
+
+def run_demo(options: DemoOptions) -> dict[str, Any]:
+    """Run every stage on a synthetic cohort; print and write (``out/demo.json``) the headline numbers."""
+    resume = check_earlier_demo(options)
     options.out.mkdir(parents=True, exist_ok=True)
+    record_path = options.out / DEMO_RECORD
+    record: dict[str, Any] = {"options": options.record(), "status": "running", "seconds": {}}
+    write_json(record_path, record)
     console.print(
         f"kneepain demo: {options.subjects} synthetic participants, {options.folds}-fold CV, "
         f"{'fast' if options.fast else 'full'} configuration, output in {options.out}"
+        + (" (resuming the earlier run in this folder)" if resume else "")
     )
-    timings = {step.name: run_step(step) for step in demo_steps(options)}
+    start = time.perf_counter()
+    for step in demo_steps(options, resume=resume):
+        try:
+            record["seconds"][step.name] = round(run_step(step), 1)
+        except DemoError:
+            write_json(record_path, {**record, "status": f"failed at {step.name}"})
+            raise
+        write_json(record_path, record)
+    record["seconds"]["total"] = round(time.perf_counter() - start, 1)
+    record.update(status="complete", headline=headline_numbers(options))
+    write_json(record_path, record)
     console.rule("[bold]done")
-    for name, seconds in timings.items():
+    for name, seconds in record["seconds"].items():
         console.print(f"{name:>18}: {seconds:7.1f} s")
-    for line in headline(options):
+    for line in headline(record["headline"]):
         console.print(line)
+    return record

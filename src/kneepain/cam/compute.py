@@ -8,9 +8,10 @@ Out-of-fold: a subject's maps come from the one bundle that never saw it in trai
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,16 @@ from kneepain.contracts import (
     N_SLICES,
     PREDICTIONS_TABLE,
     PREPROCESS_DIR,
+    RunFolderError,
     open_cache,
     read_cache_index,
+    read_run_folder,
+    read_run_info,
+    read_test_predictions,
+    run_work_folder,
 )
 from kneepain.fileio import atomic_path, write_csv, write_json
 
-RUN_INFO = "run.json"
 CAM_DIR = "cam"
 CAM_ARRAY = "cams.npy"
 CAM_INDEX = "index.csv"
@@ -81,26 +86,13 @@ class CamResult:
     meta: dict[str, Any]
 
 
-def read_run_info(run_dir: Path) -> dict[str, Any]:
-    """The run's ``run.json`` (empty when absent); a malformed file is an error naming it."""
-    path = run_dir / RUN_INFO
-    if not path.exists():
-        return {}
+@contextlib.contextmanager
+def _cam_input_errors() -> Iterator[None]:
+    """Report a run folder the shared reader refuses as a CamInputError (same message)."""
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise CamInputError(f"{path}: not valid JSON ({error})") from error
-    if not isinstance(info, dict):
-        raise CamInputError(f"{path}: expected a JSON object")
-    return info
-
-
-def work_folder(run_dir: Path, info: dict[str, Any]) -> Path:
-    """The work folder: ``work`` from run.json (relative to the run), else WORK of WORK/runs/<run>."""
-    if info.get("work"):
-        work = Path(str(info["work"]))
-        return work if work.is_absolute() else (run_dir / work).resolve()
-    return run_dir.resolve().parent.parent
+        yield
+    except RunFolderError as error:
+        raise CamInputError(str(error)) from error
 
 
 def run_identity(run_dir: str | Path) -> str:
@@ -109,7 +101,8 @@ def run_identity(run_dir: str | Path) -> str:
     The review database stores it so a database can never be silently used with another run.
     """
     run_dir = Path(run_dir)
-    info = read_run_info(run_dir)
+    with _cam_input_errors():
+        info = read_run_info(run_dir)
     if info.get("run_id"):
         return str(info["run_id"])
     predictions = run_dir / PREDICTIONS_TABLE
@@ -121,41 +114,24 @@ def run_identity(run_dir: str | Path) -> str:
 
 def read_run(run_dir: str | Path) -> RunInputs:
     """Read a run's test predictions and join them with the slice-cache rows; errors name files and ids."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CamInputError(f"{run_dir}: run folder not found")
-    info = read_run_info(run_dir)
-    work = work_folder(run_dir, info)
-    path = run_dir / PREDICTIONS_TABLE
-    if not path.exists():
-        raise CamInputError(f"{path}: predictions table not found (has the cv/train stage run?)")
-    predictions = pd.read_csv(path, dtype={"subject_id": str, "split": str})
-    missing = [c for c in ("subject_id", "fold", "split", "prob_right", "label") if c not in predictions]
-    if missing:
-        raise CamInputError(f"{path}: lacks column(s) {missing}")
-    test = predictions[predictions["split"] == "test"].copy()
-    if test.empty:
-        raise CamInputError(f"{path}: no rows with split 'test'")
-    duplicated = test["subject_id"][test["subject_id"].duplicated()].unique().tolist()
-    if duplicated:
-        raise CamInputError(f"{path}: subject(s) {duplicated[:10]} appear more than once as test subjects")
-    index_path = work / PREPROCESS_DIR / CACHE_INDEX
+    with _cam_input_errors():
+        folder = read_run_folder(run_dir)
+        test = read_test_predictions(folder.predictions_table)
+    index_path = folder.work / PREPROCESS_DIR / CACHE_INDEX
     if not index_path.exists():
-        raise CamInputError(
-            f"{index_path}: slice-cache index not found (work folder from {run_dir / RUN_INFO})"
-        )
+        raise CamInputError(f"{index_path}: slice-cache index not found (work folder from {folder.run_info})")
     cache_index = read_cache_index(index_path)[["row", "subject_id"]]
     joined = test.merge(cache_index, on="subject_id", how="left")
     absent = joined.loc[joined["row"].isna(), "subject_id"].tolist()
     if absent:
-        raise CamInputError(f"{index_path}: test subject(s) {absent[:10]} of {path} have no cache row")
+        raise CamInputError(
+            f"{index_path}: test subject(s) {absent[:10]} of {folder.predictions_table} have no cache row"
+        )
     joined = joined.rename(columns={"row": "cache_row"})
     joined["cache_row"] = joined["cache_row"].astype(int)
-    joined["fold"] = joined["fold"].astype(int)
-    joined["label"] = joined["label"].astype(int)
     subjects = joined[["subject_id", "fold", "prob_right", "label", "cache_row"]]
     subjects = subjects.sort_values("subject_id").reset_index(drop=True)
-    return RunInputs(run_dir, info, work, run_identity(run_dir), subjects)
+    return RunInputs(folder.path, folder.info, folder.work, run_identity(folder.path), subjects)
 
 
 def bundle_dir(run_dir: Path, fold: int) -> Path:
@@ -340,7 +316,8 @@ def read_cam_outputs(run_dir: str | Path, cam_dir: str | Path | None = None) -> 
             f"{len(index)} index rows x 2 x {N_SLICES}"
         )
     meta = json.loads((cam_dir / CAM_META).read_text(encoding="utf-8"))
-    work = work_folder(run_dir, read_run_info(run_dir))
+    with _cam_input_errors():
+        work = run_work_folder(run_dir, read_run_info(run_dir))
     cache_path = work / PREPROCESS_DIR / CACHE_ARRAY
     if not cache_path.exists():
         raise CamInputError(f"{cache_path}: slice cache not found (work folder of {run_dir})")

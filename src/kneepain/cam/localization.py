@@ -137,17 +137,30 @@ def truth_mask_source(truth_dir: str | Path, work: str | Path) -> MaskSource:
     return read
 
 
+def difference_maps(cams: np.ndarray, knee: int) -> tuple[np.ndarray, int]:
+    """The painful knee's CAMs minus the other knee's (S, h, w), and the slice with the highest mean.
+
+    Both knees are registered to one template and slice k is the same anatomical place in both, so
+    the subtraction cancels what the shared branch answers to in any knee (anatomy) and keeps
+    the side-specific evidence the classifier actually weighs (the logit difference is linear in it).
+    """
+    difference = np.asarray(cams[knee], np.float32) - np.asarray(cams[1 - knee], np.float32)
+    return difference, int(np.argmax(difference.mean(axis=(1, 2))))
+
+
 def localize(outputs: CamOutputs, masks: MaskSource | None, tolerance_cells: int = 1) -> pd.DataFrame:
     """Per test subject: pointing game, energy share and lesion under the hot spot on the painful knee.
 
-    Uses the subject's map (best slice of the painful knee). A subject without a truth mask, or
-    whose painful knee has no lesion, is kept with ``excluded`` saying why and no measurements;
-    with ``masks=None`` only the area is measured.
+    Uses the subject's map (best slice of the painful knee, the paper's rule) and, in the
+    ``*_difference`` columns, the difference map (:func:`difference_maps`). A subject without a
+    truth mask, or whose painful knee has no lesion, is kept with ``excluded`` saying why and no
+    measurements; with ``masks=None`` only the area is measured.
     """
     records = []
     for position, row in enumerate(outputs.index.itertuples(index=False)):
         knee = KNEES.index(row.painful_side)
         k = int(row.best_slice)
+        difference, k_difference = difference_maps(np.asarray(outputs.cams[position]), knee)
         record: dict[str, Any] = {
             "subject_id": row.subject_id,
             "painful_side": row.painful_side,
@@ -159,6 +172,10 @@ def localize(outputs: CamOutputs, masks: MaskSource | None, tolerance_cells: int
             "energy_share_volume": np.nan,
             "lesion_code": np.nan,
             "lesion": "",
+            "best_slice_difference": k_difference,
+            "hit_difference": np.nan,
+            "energy_share_slice_difference": np.nan,
+            "lesion_difference": "",
             "excluded": "",
         }
         labels = masks(row.subject_id, row.painful_side) if masks is not None else None
@@ -177,6 +194,13 @@ def localize(outputs: CamOutputs, masks: MaskSource | None, tolerance_cells: int
                 energy_share_volume=energy_share(np.asarray(outputs.cams[position, knee]), labels > 0),
                 lesion_code=code,
                 lesion=LESIONS.get(code, f"code_{code}") if code else NO_LESION,
+            )
+            d_map, d_labels = difference[k_difference], labels[k_difference]
+            d_code = lesion_at_hot_spot(d_map, d_labels, tolerance_cells)
+            record.update(
+                hit_difference=pointing_hit(d_map, d_labels > 0, tolerance_cells),
+                energy_share_slice_difference=energy_share(d_map, d_labels > 0),
+                lesion_difference=LESIONS.get(d_code, f"code_{d_code}") if d_code else NO_LESION,
             )
         records.append(record)
     return pd.DataFrame.from_records(records)
@@ -201,8 +225,11 @@ def summarize(table: pd.DataFrame, backbone: str, map_size: list[int]) -> dict[s
     measured = table[table["excluded"] == ""]
     correct = measured[measured["correct"]]
 
-    def rate(frame: pd.DataFrame) -> float | None:
-        return float(frame["hit"].astype(bool).mean()) if len(frame) else None
+    def rate(frame: pd.DataFrame, column: str = "hit") -> float | None:
+        return float(frame[column].astype(bool).mean()) if len(frame) else None
+
+    def mean(column: str) -> float | None:
+        return float(measured[column].mean()) if len(measured) else None
 
     area = 100.0 * table["area_above_half"]
     return {
@@ -216,6 +243,9 @@ def summarize(table: pd.DataFrame, backbone: str, map_size: list[int]) -> dict[s
         "pointing_hit_rate_correct": rate(correct),
         "pointing_hit_rate_all": rate(measured),
         "pointing_n_correct": len(correct),
-        "energy_share_slice_mean": float(measured["energy_share_slice"].mean()) if len(measured) else None,
-        "energy_share_volume_mean": float(measured["energy_share_volume"].mean()) if len(measured) else None,
+        "energy_share_slice_mean": mean("energy_share_slice"),
+        "energy_share_volume_mean": mean("energy_share_volume"),
+        "pointing_hit_rate_correct_difference": rate(correct, "hit_difference"),
+        "pointing_hit_rate_all_difference": rate(measured, "hit_difference"),
+        "energy_share_slice_mean_difference": mean("energy_share_slice_difference"),
     }

@@ -61,3 +61,6 @@ def register(app: typer.Typer) -> None:
                 info["pointing (correct)"] = (
                     f"{100 * summary['pointing_hit_rate_correct']:.1f}% of {summary['pointing_n_correct']}"
                 )
+                info["pointing (correct, difference map)"] = (
+                    f"{100 * summary['pointing_hit_rate_correct_difference']:.1f}%"
+                )

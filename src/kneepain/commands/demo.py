@@ -13,21 +13,27 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         out: Path = typer.Option(Path("demo-run"), help="Folder for the cohort and every stage's output."),
-        subjects: int = typer.Option(0, help="Participants to synthesise (0: 300, or 40 with --fast)."),
+        subjects: int = typer.Option(0, help="Participants to synthesise (0: 200, or 40 with --fast)."),
         seed: int = typer.Option(1, help="Seed for the cohort, folds and training."),
         fast: bool = typer.Option(False, help="A minute-scale run: few subjects, 3 folds, few epochs."),
-        folds: int = typer.Option(0, help="Cross-validation folds (0: 10, or 3 with --fast)."),
+        folds: int = typer.Option(
+            0, help="Cross-validation folds (0: 5, or 3 with --fast; `kneepain cv` defaults to 10)."
+        ),
         workers: int = typer.Option(0, help="Processes for synth and preprocess (0: all cores)."),
     ) -> None:
         """Synthesise a cohort, ingest, preprocess, cross-validate, evaluate, compute CAMs, report."""
-        from kneepain.demo import DemoOptions, run_demo
+        from kneepain.demo import DemoError, DemoOptions, run_demo
 
         options = DemoOptions(
             out=out,
-            subjects=subjects or (40 if fast else 300),
+            subjects=subjects or (40 if fast else 200),
             seed=seed,
             fast=fast,
-            folds=folds or (3 if fast else 10),
+            folds=folds or (3 if fast else 5),
             workers=workers or None,
         )
-        run_demo(options)
+        try:
+            run_demo(options)
+        except DemoError as error:
+            typer.echo(f"demo stopped: {error}", err=True)
+            raise typer.Exit(2) from error

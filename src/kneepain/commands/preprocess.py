@@ -38,6 +38,16 @@ def register(app: typer.Typer) -> None:
             None, help="CSV subject_id,side(left/right/both),qc_pass(true/false),note overriding QC flags."
         ),
         merge_only: bool = typer.Option(False, help="Only join the shards' parts into the cache."),
+        template: Path | None = typer.Option(
+            None,
+            help="Registration template to reuse (a template.npy, e.g. another cohort's WORK/preprocess/"
+            "template.npy) instead of building one from this cohort.",
+        ),
+        template_only: bool = typer.Option(
+            False,
+            help="Build (or check) WORK/preprocess/template.npy and stop; run it once before "
+            "launching --shard jobs so they all share one template.",
+        ),
     ) -> None:
         """Build the registered, cropped slice cache (WORK/preprocess/) with its QC report."""
         from kneepain.console import console
@@ -52,6 +62,8 @@ def register(app: typer.Typer) -> None:
                 centre_csv=centres,
                 qc_override_csv=qc_overrides,
                 merge_only=merge_only,
+                template=template,
+                template_only=template_only,
             )
         except (CacheMismatchError, PreprocessInputError, ValueError) as error:
             console.print(f"[red]preprocess: {error}")

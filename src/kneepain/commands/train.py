@@ -2,45 +2,96 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 import typer
 
-# Options shared by `cv` and `train` (typer reads an OptionInfo afresh for every command).
-PRESET = typer.Option(
-    "paper",
-    "--preset",
-    help="paper (the published configuration) | small (CPU, minutes) | tiny (smoke test).",
-)
-BRANCH = typer.Option(None, help="kneenet | vgg16_gap | alexnet_gap.")
-WIDTH = typer.Option(None, help="Channel scale of the branch (1.0 = paper).")
-INPUT_SIZE = typer.Option(None, help="Slice size fed to the network (area downsampling of the cache).")
-COMBINE = typer.Option(None, help="relu_diff (published) | diff | concat.")
-MODE = typer.Option(None, help="paper (23 location models + logistic fusion) | joint (end to end).")
-EPOCHS = typer.Option(None, help="Maximum epochs.")
-LR = typer.Option(None, help="Initial learning rate.")
-BATCH = typer.Option(None, help="Subjects per step (over all processes).")
-OPTIMIZER = typer.Option(None, help="sgd | adam.")
-DECAY = typer.Option(None, help="L2 weight decay.")
-PATIENCE = typer.Option(None, help="Early-stopping patience in epochs (0 = off).")
-SWAP = typer.Option(None, "--swap-knees/--no-swap-knees", help="Augmentation: swap knees, flip label.")
-PRECISION = typer.Option(None, help="fp32 | bf16 | fp16 (CUDA only).")
-CHANNELS_LAST = typer.Option(None, "--channels-last/--no-channels-last", help="channels_last memory format.")
-COMPILE = typer.Option(None, "--compile/--no-compile", help="torch.compile the model.")
-DEVICE = typer.Option(None, help="auto | cpu | cuda.")
-SEED = typer.Option(0, help="Seed of folds/splits, initialisation and augmentation.")
+if TYPE_CHECKING:
+    from kneepain.model.siamese import ModelConfig
+    from kneepain.train.loop import TrainConfig
+
 RESUME = typer.Option(False, "--resume", help="Continue a stopped run exactly (same cache and settings).")
+SEED_HELP = "Seed of folds/splits, initialisation and augmentation."
+ARCHITECTURE_OPTIONS = ("branch", "width", "input_size", "combine", "mode")  # the rest is TrainConfig
 
 
-def _configs(preset_name: str, **values: Any):
-    """(ModelConfig, TrainConfig) of a preset with the options the user gave."""
-    from kneepain.train.loop import preset
+def _option(help_text: str, *flags: str, default: Any = None) -> Any:
+    """A dataclass field that is also a CLI option (``default`` None leaves the preset's value)."""
+    return field(default=default, metadata={"cli": typer.Option(default, *flags, help=help_text)})
 
-    arch_keys = ("branch", "width", "input_size", "combine", "mode")
-    arch = {k: v for k, v in values.items() if k in arch_keys and v is not None}
-    train = {k: v for k, v in values.items() if k not in arch_keys and v is not None}
-    return preset(preset_name, arch, train)
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """The options `cv` and `train` share, declared once; ``configs`` turns them into configurations."""
+
+    preset_name: str = _option(
+        "paper (the published configuration) | small (CPU, minutes) | tiny (smoke test).",
+        "--preset",
+        default="paper",
+    )
+    branch: str | None = _option("kneenet | vgg16_gap | alexnet_gap.")
+    width: float | None = _option("Channel scale of the branch (1.0 = paper).")
+    input_size: int | None = _option("Slice size fed to the network (area downsampling of the cache).")
+    combine: str | None = _option("relu_diff (published) | diff | concat.")
+    mode: str | None = _option("paper (23 location models + logistic fusion) | joint (end to end).")
+    epochs: int | None = _option("Maximum epochs.")
+    lr: float | None = _option("Initial learning rate.")
+    batch_size: int | None = _option("Subjects per step (over all processes).")
+    optimizer: str | None = _option("sgd | adam.")
+    weight_decay: float | None = _option("L2 weight decay.")
+    patience: int | None = _option("Early-stopping patience in epochs (0 = off).")
+    swap_knees: bool | None = _option("Augmentation: swap knees, flip label.", "--swap-knees/--no-swap-knees")
+    precision: str | None = _option("fp32 | bf16 | fp16 (CUDA only).")
+    channels_last: bool | None = _option("channels_last memory format.", "--channels-last/--no-channels-last")
+    compile_model: bool | None = _option("torch.compile the model.", "--compile/--no-compile")
+    device: str | None = _option("auto | cpu | cuda.")
+    seed: int = _option(SEED_HELP, default=0)
+
+    def configs(self) -> tuple[ModelConfig, TrainConfig]:
+        """(ModelConfig, TrainConfig) of the preset with the options the user gave replacing its values."""
+        from kneepain.train.loop import preset
+
+        given = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "preset_name"}
+        given["compile"] = given.pop("compile_model")
+        given = {name: value for name, value in given.items() if value is not None}
+        arch = {name: value for name, value in given.items() if name in ARCHITECTURE_OPTIONS}
+        train = {name: value for name, value in given.items() if name not in ARCHITECTURE_OPTIONS}
+        return preset(self.preset_name, arch, train)
+
+
+def with_training_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` every TrainingOptions field as a CLI option, and call it with them gathered.
+
+    typer builds a command's options from its signature, so the fields are spliced into the
+    signature where ``command`` declares ``options: TrainingOptions`` (which keeps the --help order).
+    """
+    hints = get_type_hints(TrainingOptions)
+    shared = [
+        inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.metadata["cli"], annotation=hints[f.name]
+        )
+        for f in fields(TrainingOptions)
+    ]
+    parameters: list[inspect.Parameter] = []
+    for parameter in inspect.signature(command, eval_str=True).parameters.values():
+        if parameter.name == "options":
+            parameters += shared
+        else:
+            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+    @functools.wraps(command)
+    def run(**values: Any) -> None:
+        options = TrainingOptions(**{f.name: values.pop(f.name) for f in fields(TrainingOptions)})
+        command(**values, options=options)
+
+    run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in parameters}
+    return run
 
 
 def _fail(name: str, error: Exception) -> None:
@@ -61,6 +112,7 @@ def register(app: typer.Typer) -> None:
     """Add the `cv`, `split` and `train` commands."""
 
     @app.command("cv")
+    @with_training_options
     def cv(
         work: Path = typer.Argument(..., help="Work folder with ingest/ and preprocess/."),
         run: str = typer.Option("cv", "--run", help="Run name: writes WORK/runs/<run>/."),
@@ -68,36 +120,15 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option("A", "--model", help="Cohort: A or B."),
         resume: bool = RESUME,
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run of that name."),
-        preset_name: str = PRESET,
-        branch: str | None = BRANCH,
-        width: float | None = WIDTH,
-        input_size: int | None = INPUT_SIZE,
-        combine: str | None = COMBINE,
-        mode: str | None = MODE,
-        epochs: int | None = EPOCHS,
-        lr: float | None = LR,
-        batch_size: int | None = BATCH,
-        optimizer: str | None = OPTIMIZER,
-        weight_decay: float | None = DECAY,
-        patience: int | None = PATIENCE,
-        swap_knees: bool | None = SWAP,
-        precision: str | None = PRECISION,
-        channels_last: bool | None = CHANNELS_LAST,
-        compile_model: bool | None = COMPILE,
-        device: str | None = DEVICE,
-        seed: int = SEED,
+        *,
+        options: TrainingOptions,
     ) -> None:
         """k-fold cross-validation: folds.json, a bundle per fold, out-of-fold predictions.csv."""
         from kneepain.console import stage
         from kneepain.train import run_cv
 
         try:
-            config = _configs(
-                preset_name, branch=branch, width=width, input_size=input_size, combine=combine, mode=mode,
-                epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay,
-                patience=patience, swap_knees=swap_knees, precision=precision, channels_last=channels_last,
-                compile=compile_model, device=device, seed=seed,
-            )  # fmt: skip
+            config = options.configs()
             with stage("cv") as info:
                 out = run_cv(
                     work,
@@ -105,7 +136,7 @@ def register(app: typer.Typer) -> None:
                     folds=folds,
                     model=model,
                     config=config,
-                    seed=seed,
+                    seed=options.seed,
                     resume=resume,
                     overwrite=overwrite,
                 )
@@ -119,7 +150,7 @@ def register(app: typer.Typer) -> None:
         work: Path = typer.Argument(..., help="Work folder with ingest/ and preprocess/."),
         run: str = typer.Option("review", "--run", help="Run name: writes WORK/runs/<run>/split.json."),
         model: str = typer.Option("B", "--model", help="Cohort: A or B (the paper used B)."),
-        seed: int = SEED,
+        seed: int = typer.Option(0, help=SEED_HELP),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing split."),
     ) -> None:
         """The paper's 70/15/15 split stratified by sex, age and BMI, with split_balance.csv (Table 2)."""
@@ -134,43 +165,23 @@ def register(app: typer.Typer) -> None:
             _fail("split", error)
 
     @app.command("train")
+    @with_training_options
     def train(
         work: Path = typer.Argument(..., help="Work folder with ingest/ and preprocess/."),
         run: str = typer.Option("review", "--run", help="Run name (its split.json is made if absent)."),
         model: str = typer.Option("B", "--model", help="Cohort: A or B."),
         resume: bool = RESUME,
-        preset_name: str = PRESET,
-        branch: str | None = BRANCH,
-        width: float | None = WIDTH,
-        input_size: int | None = INPUT_SIZE,
-        combine: str | None = COMBINE,
-        mode: str | None = MODE,
-        epochs: int | None = EPOCHS,
-        lr: float | None = LR,
-        batch_size: int | None = BATCH,
-        optimizer: str | None = OPTIMIZER,
-        weight_decay: float | None = DECAY,
-        patience: int | None = PATIENCE,
-        swap_knees: bool | None = SWAP,
-        precision: str | None = PRECISION,
-        channels_last: bool | None = CHANNELS_LAST,
-        compile_model: bool | None = COMPILE,
-        device: str | None = DEVICE,
-        seed: int = SEED,
+        *,
+        options: TrainingOptions,
     ) -> None:
         """Train one model on the 70/15/15 split (early stopping on validation; test predicted)."""
         from kneepain.console import stage
         from kneepain.train import run_split
 
         try:
-            config = _configs(
-                preset_name, branch=branch, width=width, input_size=input_size, combine=combine, mode=mode,
-                epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay,
-                patience=patience, swap_knees=swap_knees, precision=precision, channels_last=channels_last,
-                compile=compile_model, device=device, seed=seed,
-            )  # fmt: skip
+            config = options.configs()
             with stage("train") as info:
-                out = run_split(work, run, model=model, config=config, seed=seed, resume=resume)
+                out = run_split(work, run, model=model, config=config, seed=options.seed, resume=resume)
                 info["run"] = str(out)
         except _errors() as error:
             _fail("train", error)

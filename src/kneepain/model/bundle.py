@@ -1,6 +1,9 @@
 """Model bundles: weights in safetensors plus model.json; a bundle alone is enough for ``predict``.
 
-No pickle anywhere: a bundle from someone else cannot run code when loaded.
+No pickle anywhere: a bundle from someone else cannot run code when loaded. A bundle whose
+preprocessing registers slices also carries the registration templates (``template.npy``, the
+file ``kneepain preprocess`` wrote beside the cache, loaded with ``allow_pickle=False``) so
+``kneepain predict`` reproduces the cache's input from the bundle folder alone.
 """
 
 from __future__ import annotations
@@ -9,41 +12,70 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from kneepain import __version__
 from kneepain.contracts import BUNDLE_META, BUNDLE_WEIGHTS
 from kneepain.fileio import atomic_dir
 from kneepain.model.siamese import ModelConfig, SiameseNet, build_model
+
+BUNDLE_TEMPLATES = "template.npy"  # the same name as WORK/preprocess/template.npy
 
 
 class BundleError(ValueError):
     """A bundle that is missing, unreadable or does not match its own architecture record."""
 
 
-def save_bundle(model: SiameseNet, meta: dict[str, Any], out_dir: str | Path) -> Path:
-    """Write ``out_dir/model.safetensors`` and ``out_dir/model.json`` atomically (whole or nothing).
+def save_bundle(
+    model: SiameseNet, meta: dict[str, Any], out_dir: str | Path, *, templates: np.ndarray | None = None
+) -> Path:
+    """Write ``out_dir/model.safetensors``, ``model.json`` and ``template.npy`` atomically (all or none).
 
     ``meta`` should hold ``preprocessing`` (WORK/preprocess/config.json) and ``training``; the
     architecture (model.json ``architecture``), ``input_size`` and package version are added here.
+    ``templates`` are the registration templates the preprocessing used; when the preprocessing
+    record pins them by hash (``template_sha256``), a different array is refused before anything
+    is written.
     """
     from safetensors.torch import save_file
+
+    from kneepain.preprocess.config import array_sha256
 
     record = dict(meta)
     record["architecture"] = {**model.config.to_json(), "name": "siamese"}
     record["input_size"] = model.config.input_size
     record["package_version"] = __version__
     record.setdefault("format", 1)
+    record.pop("templates", None)  # describes this bundle's own file only, never one copied from another
+    if templates is not None:
+        templates = np.ascontiguousarray(templates, dtype=np.float32)
+        digest = array_sha256(templates)
+        pinned = (record.get("preprocessing") or {}).get("template_sha256")
+        if pinned and pinned != digest:
+            raise BundleError(
+                f"{out_dir}: the templates given are not the ones the preprocessing record pins "
+                f"(sha256 {digest[:12]} != {pinned[:12]}); bundle not written"
+            )
+        record["templates"] = {"file": BUNDLE_TEMPLATES, "sha256": digest, "shape": list(templates.shape)}
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_dir(out_dir) as tmp:
         save_file(state, str(tmp / BUNDLE_WEIGHTS), metadata={"format": "kneepain-bundle"})
+        if templates is not None:
+            with open(tmp / BUNDLE_TEMPLATES, "wb") as handle:
+                np.save(handle, templates, allow_pickle=False)
         (tmp / BUNDLE_META).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     return Path(out_dir)
 
 
+def _folder(path: str | Path) -> Path:
+    path = Path(path)
+    return path.parent if path.name == BUNDLE_META else path
+
+
 def read_bundle_meta(path: str | Path) -> dict[str, Any]:
     """model.json of a bundle folder (or of the model.json path itself)."""
-    path = Path(path)
-    folder = path.parent if path.name == BUNDLE_META else path
-    meta_path = folder / BUNDLE_META
+    meta_path = _folder(path) / BUNDLE_META
     try:
         return json.loads(meta_path.read_text(encoding="utf-8"))
     except FileNotFoundError as error:
@@ -56,18 +88,56 @@ def load_bundle(path: str | Path) -> tuple[SiameseNet, dict[str, Any]]:
     """Rebuild the model of a bundle folder, load its weights, and return it in eval mode with meta."""
     from safetensors.torch import load_file
 
-    path = Path(path)
-    folder = path.parent if path.name == BUNDLE_META else path
+    folder = _folder(path)
     meta = read_bundle_meta(folder)
     try:
-        model = build_model(ModelConfig.from_json(meta["architecture"]))
+        config = ModelConfig.from_json(meta["architecture"])
     except (KeyError, TypeError, ValueError) as error:
         raise BundleError(f"{folder / BUNDLE_META}: bad architecture record ({error})") from error
     weights = folder / BUNDLE_WEIGHTS
     if not weights.exists():
         raise BundleError(f"{weights}: bundle weights not found")
+    # Built on the meta device and given the loaded tensors themselves (assign): no random
+    # initialisation and no copy, which for the paper-size network (103 M parameters) is most of
+    # the loading time.
+    with torch.device("meta"):
+        model = build_model(config)
     try:
-        model.load_state_dict(load_file(str(weights)), strict=True)
+        model.load_state_dict(load_file(str(weights)), strict=True, assign=True)
     except RuntimeError as error:
         raise BundleError(f"{weights}: weights do not fit the recorded architecture ({error})") from error
     return model.eval(), meta
+
+
+def load_bundle_templates(path: str | Path, meta: dict[str, Any] | None = None) -> np.ndarray | None:
+    """The registration templates a bundle carries, checked against its preprocessing record.
+
+    None when the bundle's preprocessing does not register (``register: false``). Raises
+    BundleError naming the file when registration is on and the templates are missing,
+    unreadable, or not the ones the preprocessing record (``template_sha256``) pins.
+    """
+    from kneepain.preprocess.config import array_sha256
+
+    folder = _folder(path)
+    meta = read_bundle_meta(folder) if meta is None else meta
+    preprocessing = meta.get("preprocessing") or {}
+    if not preprocessing.get("register", True):
+        return None
+    target = folder / BUNDLE_TEMPLATES
+    if not target.exists():
+        raise BundleError(
+            f"{target}: registration templates not found; this bundle's preprocessing registers "
+            "slices, so predict needs them (re-save the bundle with save_bundle(..., templates=...), "
+            "or copy WORK/preprocess/template.npy of the cache it was trained on)"
+        )
+    try:
+        templates = np.load(target, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise BundleError(f"{target}: unreadable registration templates ({error})") from error
+    pinned = preprocessing.get("template_sha256") or (meta.get("templates") or {}).get("sha256")
+    if pinned and array_sha256(templates) != pinned:
+        raise BundleError(
+            f"{target}: not the templates {folder / BUNDLE_META} records (sha256 differs); "
+            "the bundle folder was mixed with another cache's template"
+        )
+    return templates

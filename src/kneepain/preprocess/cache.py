@@ -12,6 +12,7 @@ Layout inside ``WORK/preprocess/``:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from kneepain.preprocess.quality import FLAGS, override_for
 
 PARTS_DIR = "parts"
 TEMPLATE_FILE = "template.npy"
+TEMPLATE_RECORD = "template.json"  # how the template was made (informative; the hash pins it)
 
 
 def parts_dir(work: Path) -> Path:
@@ -178,18 +180,23 @@ def merge_parts(
     size = config.image_size
     index_rows, qc_rows, registration_rows = [], [], []
     with fileio.atomic_path(paths.cache_array) as tmp:
+        # open_memmap writes the .npy header and sizes the file; the rows are then written through
+        # a plain file handle, since pages written through a memory map stay in this process's
+        # resident memory and would make it grow with the cohort.
         cache = open_memmap(
             tmp, mode="w+", dtype=CACHE_DTYPE, shape=(len(subject_ids), 2, N_SLICES, size, size)
         )
-        for row, subject_id in enumerate(subject_ids):
-            pixels, record = read_part(folder / f"{subject_id}.npz", size)
-            cache[row] = pixels
-            index, qc, registration = subject_tables(record, overrides)
-            index_rows.append({"row": row, **index})
-            qc_rows.extend(qc)
-            registration_rows.extend(registration)
-        cache.flush()
+        data_offset, row_bytes = cache.offset, cache[0].nbytes if len(subject_ids) else 0
         del cache
+        with open(tmp, "r+b") as handle:
+            for row, subject_id in enumerate(subject_ids):
+                pixels, record = read_part(folder / f"{subject_id}.npz", size)
+                handle.seek(data_offset + row * row_bytes)
+                handle.write(np.ascontiguousarray(pixels, dtype=CACHE_DTYPE).tobytes())
+                index, qc, registration = subject_tables(record, overrides)
+                index_rows.append({"row": row, **index})
+                qc_rows.extend(qc)
+                registration_rows.extend(registration)
     index = pd.DataFrame(index_rows)
     ordered = CACHE_INDEX_COLUMNS + [c for c in index.columns if c not in CACHE_INDEX_COLUMNS]
     fileio.write_csv(paths.cache_index, index[ordered] if len(index) else pd.DataFrame(columns=ordered))
@@ -232,11 +239,60 @@ def check_cache(work: Path, config: PreprocessConfig | None = None) -> Preproces
 
 
 def save_template(work: Path, templates: np.ndarray) -> Path:
-    """Store the registration templates (23, field, field) float32 beside the cache."""
-    target = WorkPaths(work).preprocess / TEMPLATE_FILE
+    """Store the registration templates (23, field, field) float32 beside the cache (replacing)."""
+    target = WorkPaths(Path(work)).preprocess / TEMPLATE_FILE
     with fileio.atomic_path(target) as tmp, open(tmp, "wb") as handle:
         np.save(handle, templates.astype(np.float32))
     return target
+
+
+def store_template_once(work: Path, templates: np.ndarray, record: dict[str, Any]) -> np.ndarray:
+    """Store the templates unless the work folder already holds some, and return the stored ones.
+
+    Shards started together may each build the (identical) templates; the first to finish
+    publishes its file (a hard link is created only if the name is free, atomically) and every
+    shard then uses that file, so all parts share one template hash. ``record`` (how the
+    templates were made) goes to ``template.json`` beside it.
+    """
+    target = WorkPaths(Path(work)).preprocess / TEMPLATE_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Written whole under a name of this process first (with the usual file mode), then linked.
+    staged = target.with_name(f".{TEMPLATE_FILE}.{os.getpid()}.staged")
+    try:
+        with fileio.atomic_path(staged) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, templates.astype(np.float32))
+        try:
+            os.link(staged, target)
+            published = True
+        except FileExistsError:
+            published = False
+    finally:
+        staged.unlink(missing_ok=True)
+    if published:
+        fileio.write_json(target.with_name(TEMPLATE_RECORD), record)
+    return read_template(target)
+
+
+def read_template(path: Path, half: int | None = None, field: int | None = None) -> np.ndarray:
+    """Read a template file (2 half + 1, field, field) float32; CacheMismatchError names the file
+    and says what is wrong when it is unreadable, of another shape, or not finite."""
+    try:
+        templates = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise CacheMismatchError(f"{path}: unreadable registration template ({error})") from error
+    expected = None if half is None or field is None else (2 * half + 1, field, field)
+    if templates.ndim != 3 or templates.shape[1] != templates.shape[2] or templates.shape[0] % 2 != 1:
+        raise CacheMismatchError(
+            f"{path}: a registration template is (slices, field, field), got shape {templates.shape}"
+        )
+    if expected is not None and templates.shape != expected:
+        raise CacheMismatchError(
+            f"{path}: template shape {templates.shape} does not fit this configuration (expected "
+            f"{expected}: half_slices {half}, template_field_mm {field})"
+        )
+    if not np.issubdtype(templates.dtype, np.floating) or not np.isfinite(templates).all():
+        raise CacheMismatchError(f"{path}: registration template must hold finite floating-point values")
+    return templates.astype(np.float32, copy=False)
 
 
 def load_templates(work: Path) -> tuple[PreprocessConfig, np.ndarray | None]:
@@ -247,15 +303,12 @@ def load_templates(work: Path) -> tuple[PreprocessConfig, np.ndarray | None]:
     """
     from kneepain.preprocess.config import array_sha256
 
-    paths = WorkPaths(work)
+    paths = WorkPaths(Path(work))
     config = read_config(paths.cache_config)
     if not config.register:
         return config, None
     path = paths.preprocess / TEMPLATE_FILE
-    try:
-        templates = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise CacheMismatchError(f"{path}: unreadable registration template ({error})") from error
+    templates = read_template(path)
     if array_sha256(templates) != config.template_sha256:
         raise CacheMismatchError(
             f"{path}: not the template {paths.cache_config} was built with (hash differs)"

@@ -24,17 +24,18 @@ from kneepain.preprocess.series_io import KneeVolume
 
 def extent_centre(volume: KneeVolume) -> int:
     """Middle of the slices whose foreground area is at least half the largest (lateral index)."""
-    voxels = volume.voxels
-    level = float(np.percentile(voxels[:, ::4, ::4], 99)) * 0.25  # a subsample is enough for a level
-    areas = (voxels > level).reshape(volume.n_slices, -1).mean(axis=1)
+    sample = volume.voxels[:, ::4, ::4]  # every 16th pixel (1.4 mm apart) measures areas well enough
+    level = float(np.percentile(sample, 99)) * 0.25
+    areas = (sample > level).reshape(volume.n_slices, -1).mean(axis=1)
     if areas.max() <= 0:
         return volume.n_slices // 2
     inside = np.flatnonzero(areas >= 0.5 * areas.max())
     return (int(inside[0]) + int(inside[-1])) // 2
 
 
-def aligned_stack(volume: KneeVolume, pose: Pose, field_px: int) -> np.ndarray:
-    """Every slice of the volume resampled through one pose onto the template grid, normalised."""
+def aligned_stack(volume: KneeVolume, pose: Pose | np.ndarray, field_px: int) -> np.ndarray:
+    """Every slice of the volume resampled through one pose (or 2x3 fit) onto the template grid,
+    normalised."""
     spacing = (volume.spacing_row_mm, volume.spacing_col_mm)
     stack = np.stack(
         [resample(s, spacing, pose, (field_px, field_px), WORK_SPACING_MM) for s in volume.voxels]

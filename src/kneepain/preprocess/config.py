@@ -13,7 +13,7 @@ import numpy as np
 from kneepain import __version__
 from kneepain.contracts import HALF_SLICES, IMAGE_SIZE
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2: affine fit (rigid part kept), unbiased template
 INFORMATIVE_KEYS = ("package_version", "subjects")  # stored with the cache, not part of the configuration
 
 
@@ -27,6 +27,7 @@ class PreprocessConfig:
 
     register: bool = True
     method: str = "ecc"  # registration: "ecc" (OpenCV) or "sitk" (SimpleITK), see registration.py
+    registration_motion: str = "affine"  # ECC fit: "affine" (its rigid part is the pose) or "rigid"
     crop_mm: float = 105.0  # the paper's 294 px at 0.357 mm
     image_size: int = IMAGE_SIZE
     half_slices: int = HALF_SLICES
@@ -71,6 +72,8 @@ class PreprocessConfig:
         """Inverse of to_json (ignores the informative keys: package version, subject count)."""
         data = {k: v for k, v in data.items() if k not in INFORMATIVE_KEYS}
         data["crop_centre_mm"] = tuple(data["crop_centre_mm"])
+        if int(data.get("version", 1)) < 2:
+            data.setdefault("registration_motion", "rigid")  # what version 1 caches were made with
         return cls(**data)
 
     def fingerprint(self) -> dict[str, Any]:

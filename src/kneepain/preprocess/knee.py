@@ -65,8 +65,12 @@ def preprocess_volume(
         if templates is None:
             raise ValueError("registration needs templates (template.npy of the cache)")
         guess = min(max(extent_centre(volume), 0), volume.n_slices - 1)
-        first = register_ecc(templates[half], volume.voxels[guess], spacing)
-        stack = aligned_stack(volume, first.pose, templates.shape[-1])
+        first = register_ecc(
+            templates[half], volume.voxels[guess], spacing, motion=config.registration_motion, measure=False
+        )
+        stack = aligned_stack(
+            volume, first.pose if first.affine is None else first.affine, templates.shape[-1]
+        )
         centre, _ = match_centre(stack, templates, guess, config.centre_search)
         centre = min(max(centre, 0), volume.n_slices - 1)
         method = "detected"
@@ -97,6 +101,7 @@ def preprocess_volume(
             config.slice_tolerance_deg,
             config.method,
             config.pose_smoothing,
+            config.registration_motion,
         )
         poses = [r.pose if r is not None else (knee_pose or Pose()) for r in registrations]
         quality.check_registration(knee_pose, registrations, config.knee_pose_half, config.qc, qc)
@@ -173,6 +178,7 @@ def knee_info(result: KneeResult) -> dict[str, Any]:
                 "correlation": None if reg is None else round(reg.correlation, 4),
                 "converged": None if reg is None else bool(reg.converged),
                 "fallback": None if reg is None else bool(reg.fallback),
+                "scale": None if reg is None else round(reg.scale, 4),
             }
         )
     return {

@@ -7,6 +7,7 @@ reads truth. Figures (docs/preprocess.md): centre slice within +/-1, registratio
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,30 @@ def measure_against_truth(work: Path, truth_dir: Path) -> dict[str, Any]:
         offset = (float(np.median(d_rot)), float(np.median(d_row)), float(np.median(d_col)))
         figures["global_offset_deg_row_col"] = [round(v, 3) for v in offset]
         figures.update(_residuals(d_rot - offset[0], d_row - offset[1], d_col - offset[2], "aligned"))
+        figures.update(_template_sample(paths, truth))
     return figures
+
+
+def _template_sample(paths: WorkPaths, truth: pd.DataFrame) -> dict[str, Any]:
+    """The mean true pose of the knees the template was built from, when it was built here.
+
+    An unbiased template's frame is those knees' mean pose, so the raw global offset should be
+    minus this mean; what is left (``frame_offset_unexplained``) is the method's own bias.
+    """
+    record_path = paths.preprocess / "template.json"
+    if not record_path.exists():
+        return {}
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    if record.get("source") != "built" or "template_subjects" not in record:
+        return {}
+    index = pd.read_csv(paths.cache_index, dtype={"subject_id": str})
+    subjects = sorted(index["subject_id"])[: int(record["template_subjects"])]
+    sample = truth[truth["subject_id"].isin(subjects)]
+    mean = [float(sample[c].mean()) for c in ("rotation_deg", "shift_row_mm", "shift_col_mm")]
+    return {
+        "template_knees": len(sample),
+        "template_knees_true_mean_deg_row_col": [round(v, 3) for v in mean],
+    }
 
 
 def _residuals(d_rot: pd.Series, d_row: pd.Series, d_col: pd.Series, name: str) -> dict[str, float]:

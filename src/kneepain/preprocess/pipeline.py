@@ -4,13 +4,21 @@
 the registration templates, preprocesses each subject not finished yet into a part, and merges
 the parts into the slice cache. ``shard=(i, n)`` processes every n-th subject starting at i and does
 not merge; a later run without a shard (or ``merge_only``) joins them.
+
+The templates are built once per work folder (in the same process pool as the subjects) and
+stored as ``WORK/preprocess/template.npy``; re-runs and every shard read that file instead of
+building their own (``template_only`` builds it and stops; ``template=FILE`` takes another
+cohort's). The summary reports wall and CPU seconds (per knee, and for the template), the
+latter being what to compare on a shared machine.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -26,8 +34,11 @@ from kneepain.preprocess import quality
 from kneepain.preprocess.centre_slice import centre_override, extent_centre, read_centre_overrides
 from kneepain.preprocess.config import CacheMismatchError, PreprocessConfig, array_sha256, read_config
 from kneepain.preprocess.knee import knee_info, preprocess_knee
+from kneepain.preprocess.registration import MOVING_MARGIN_MM
 from kneepain.preprocess.series_io import SeriesError, read_knee_series
-from kneepain.preprocess.template import build_templates, window_on_grid
+from kneepain.preprocess.template import TemplateKnee, build_templates, window_on_grid
+
+TEMPLATE_SEARCH = 2  # slices either side of a template knee's centre guess searched each round
 
 
 class PreprocessInputError(ValueError):
@@ -65,19 +76,30 @@ def load_inputs(work: Path) -> tuple[list[str], dict[tuple[str, str], str]]:
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(
-    config: PreprocessConfig, templates: np.ndarray | None, parts: str, centres: pd.DataFrame | None
-) -> None:
+def _init_worker(parts: str, centres: pd.DataFrame | None, template_path: str) -> None:
     import cv2
 
     cv2.setNumThreads(1)  # one process per core: no nested thread pools
-    _STATE.update(config=config, templates=templates, parts=Path(parts), centres=centres)
+    _STATE.update(parts=Path(parts), centres=centres, template_path=Path(template_path), templates={})
 
 
-def _process_subject(task: tuple[str, str | None, str | None]) -> tuple[str, float, float]:
+def _worker_templates(config: PreprocessConfig) -> np.ndarray | None:
+    """The templates ``config`` pins, read once per worker from the work folder (hash checked)."""
+    if not config.register:
+        return None
+    cached = _STATE["templates"].get(config.template_sha256)
+    if cached is None:
+        cached = cache_io.read_template(_STATE["template_path"])
+        if array_sha256(cached) != config.template_sha256:
+            raise CacheMismatchError(f"{_STATE['template_path']}: changed while the stage was running")
+        _STATE["templates"] = {config.template_sha256: cached}
+    return cached
+
+
+def _process_subject(task: tuple[str, str | None, str | None, PreprocessConfig]) -> tuple[str, float, float]:
     """Preprocess one subject into its part; any failure becomes a QC reason, never a crash."""
-    subject_id, left_dir, right_dir = task
-    config: PreprocessConfig = _STATE["config"]
+    subject_id, left_dir, right_dir, config = task
+    templates = _worker_templates(config)
     start = time.perf_counter()
     results = []
     for side, folder in zip(KNEES, (left_dir, right_dir), strict=True):
@@ -87,7 +109,7 @@ def _process_subject(task: tuple[str, str | None, str | None]) -> tuple[str, flo
             result.qc.reasons = {"unreadable_series": "no readable series in series.csv"}
         else:
             try:
-                result = preprocess_knee(folder, side, config, _STATE["templates"], manual)
+                result = preprocess_knee(folder, side, config, templates, manual)
             except Exception as error:  # one bad knee must not stop the cohort; reason goes on record
                 result = preprocess_knee(Path("/nonexistent"), side, config, None)
                 result.qc.reasons = {"unreadable_series": f"{folder}: processing failed ({error!r})"}
@@ -99,6 +121,26 @@ def _process_subject(task: tuple[str, str | None, str | None]) -> tuple[str, flo
     }
     cache_io.write_part(_STATE["parts"], subject_id, pixels, {"subject_id": subject_id, "knees": knees})
     return subject_id, time.perf_counter() - start, _own_peak_mb()
+
+
+def _template_window(task: tuple[str, str, int | None, int, int]) -> TemplateKnee | None:
+    """Read one template knee and keep its slice window on the 1 mm grid (None: unreadable)."""
+    path, side, manual, half, field_px = task
+    try:
+        volume = read_knee_series(path, side)
+        centre = volume.to_lateral_index(manual) if manual is not None else extent_centre(volume)
+    except SeriesError:
+        return None
+    # Keep only the window, on the 1 mm grid: memory stays ~2 MB per knee, not ~30 MB.
+    return window_on_grid(volume, centre, half, field_px)
+
+
+def _timed_call(call: tuple[Callable[[Any], Any], Any]) -> tuple[Any, float]:
+    """``function(task)`` and the CPU seconds it took in this process (insensitive to other load)."""
+    function, task = call
+    start = time.process_time()
+    result = function(task)
+    return result, time.process_time() - start
 
 
 def _own_peak_mb() -> float:
@@ -118,55 +160,162 @@ def _own_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class _Workers:
+    """The stage's processes: a spawn pool started on first use (template or subjects), or the
+    calling process itself for one worker.
+
+    spawn, not fork: the parent uses OpenCV's thread pool, and a forked child inheriting that
+    pool's locks can hang forever.
+    """
+
+    def __init__(self, count: int, initargs: tuple[Any, ...]) -> None:
+        self.count, self.initargs = max(1, count), initargs
+        self._pool: ProcessPoolExecutor | None = None
+        self.cpu_seconds = 0.0  # CPU time the tasks took, summed over processes
+
+    def map(self, function: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
+        """Results of ``function`` over ``tasks``, in order; their CPU time adds to ``cpu_seconds``."""
+        timed = ((function, task) for task in tasks)
+        if self.count == 1:
+            _init_worker(*self.initargs)
+            results = map(_timed_call, timed)
+        else:
+            if self._pool is None:
+                context = multiprocessing.get_context("spawn")
+                self._pool = ProcessPoolExecutor(
+                    self.count, mp_context=context, initializer=_init_worker, initargs=self.initargs
+                )
+            results = self._pool.map(_timed_call, timed, chunksize=1)
+        for result, cpu_seconds in results:
+            self.cpu_seconds += cpu_seconds
+            yield result
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+
 # --- main side -------------------------------------------------------------------------------------
+def _template_record(config: PreprocessConfig) -> dict[str, Any]:
+    """The configuration keys a stored template depends on (checked when one is reused)."""
+    return {
+        "half_slices": config.half_slices,
+        "template_field_mm": config.template_field_mm,
+        "template_subjects": config.template_subjects,
+        "registration_motion": config.registration_motion,
+    }
+
+
+def _check_template_record(path: Path, config: PreprocessConfig) -> None:
+    """Refuse a stored template built with other settings than ``config`` (keys named)."""
+    record_path = path.with_name(cache_io.TEMPLATE_RECORD)
+    if not record_path.exists():
+        return
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise CacheMismatchError(f"{record_path}: unreadable template record ({error})") from error
+    if record.get("source", "built") != "built":
+        return  # a template given with --template: only its shape is checked
+    wanted = _template_record(config)
+    differing = sorted(k for k, v in wanted.items() if k in record and record[k] != v)
+    if differing:
+        raise CacheMismatchError(
+            f"{path}: stored template was built with other settings (differs in {differing}); "
+            f"delete it (and {cache_io.parts_dir(path.parent.parent)}) to rebuild"
+        )
+
+
+def _build_templates(
+    work: Path,
+    config: PreprocessConfig,
+    subjects: list[str],
+    folders: dict,
+    centres: pd.DataFrame | None,
+    workers: _Workers,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Unbiased templates from the first ``template_subjects`` subjects' knees, read in parallel."""
+    tasks = []
+    for subject_id in subjects[: config.template_subjects]:
+        for side in KNEES:
+            path = folders.get((subject_id, side))
+            if path is not None:
+                manual = centre_override(centres, subject_id, side)
+                field = config.template_field_mm + 2 * MOVING_MARGIN_MM
+                tasks.append((path, side, manual, config.half_slices + TEMPLATE_SEARCH, field))
+    knees = [k for k in workers.map(_template_window, tasks) if k is not None]
+    if not knees:
+        raise PreprocessInputError(
+            f"{WorkPaths(work).series_table}: no readable series to build a template from"
+        )
+    templates, history = build_templates(
+        knees,
+        config.half_slices,
+        config.template_field_mm,
+        core_half=config.knee_pose_half,
+        search=TEMPLATE_SEARCH,
+        motion=config.registration_motion,
+        map_function=workers.map,
+    )
+    record = _template_record(config) | {"source": "built", "knees": len(knees), "rounds": history}
+    return templates, record
+
+
 def _templates_for(
-    work: Path, config: PreprocessConfig, subjects: list[str], folders: dict, centres: pd.DataFrame | None
+    work: Path,
+    config: PreprocessConfig,
+    subjects: list[str],
+    folders: dict,
+    centres: pd.DataFrame | None,
+    workers: _Workers,
+    template_file: Path | None = None,
 ) -> tuple[PreprocessConfig, np.ndarray | None]:
-    """Reuse the stored templates when the parts were made with them, else build them from the cohort."""
+    """The registration templates: those the parts were made with, a stored or given file, or
+    built from the cohort (then stored, so later runs and other shards reuse them)."""
     if not config.register:
+        if template_file is not None:
+            raise ValueError("--template has no use with --no-register")
         return config, None
-    folder = cache_io.parts_dir(work)
-    stored_config = folder / "config.json"
-    template_path = WorkPaths(work).preprocess / cache_io.TEMPLATE_FILE
+    paths = WorkPaths(work)
+    template_path = paths.preprocess / cache_io.TEMPLATE_FILE
+    stored_config = cache_io.parts_dir(work) / "config.json"
+    given = (
+        cache_io.read_template(Path(template_file), config.half_slices, config.template_field_mm)
+        if template_file is not None
+        else None
+    )
     if stored_config.exists():
         stored = read_config(stored_config)
         cache_io.check_same_config(
             stored, replace(config, template_sha256=stored.template_sha256), stored_config
         )
-        try:
-            templates = np.load(template_path, allow_pickle=False)
-        except (OSError, ValueError) as error:
+        if given is not None and array_sha256(given) != stored.template_sha256:
             raise CacheMismatchError(
-                f"{template_path}: unreadable registration template ({error})"
-            ) from error
+                f"{template_file}: not the template the parts in {stored_config.parent} were made with "
+                f"(hash differs); use another work folder or delete {paths.preprocess} to rebuild"
+            )
+        templates = cache_io.read_template(template_path)
         if array_sha256(templates) != stored.template_sha256:
             raise CacheMismatchError(
                 f"{template_path}: does not match the template the cache was built with (hash differs); "
-                f"delete {WorkPaths(work).preprocess} to rebuild"
+                f"delete {paths.preprocess} to rebuild"
             )
         return stored, templates
-    knees = []
-    for subject_id in subjects:
-        if len(knees) >= 2 * config.template_subjects:
-            break
-        for side in KNEES:
-            path = folders.get((subject_id, side))
-            if path is None:
-                continue
-            try:
-                volume = read_knee_series(path, side)
-            except SeriesError:
-                continue
-            manual = centre_override(centres, subject_id, side)
-            centre = volume.to_lateral_index(manual) if manual is not None else extent_centre(volume)
-            # Keep only the window, on the 1 mm grid: memory stays ~1.5 MB per knee, not ~30 MB.
-            knees.append(window_on_grid(volume, centre, config.half_slices, config.template_field_mm + 48))
-    if not knees:
-        raise PreprocessInputError(
-            f"{WorkPaths(work).series_table}: no readable series to build a template from"
-        )
-    templates, _ = build_templates(knees, config.half_slices, config.template_field_mm)
-    cache_io.save_template(work, templates)
+    if given is not None:
+        record = _template_record(config) | {"source": str(Path(template_file).resolve())}
+        templates = cache_io.store_template_once(work, given, record)
+        if array_sha256(templates) != array_sha256(given):
+            raise CacheMismatchError(
+                f"{template_path}: the work folder already holds another template than {template_file}; "
+                f"delete {paths.preprocess} to use the given one"
+            )
+    elif template_path.exists():
+        templates = cache_io.read_template(template_path, config.half_slices, config.template_field_mm)
+        _check_template_record(template_path, config)
+    else:
+        built, record = _build_templates(work, config, subjects, folders, centres, workers)
+        templates = cache_io.store_template_once(work, built, record)
     return replace(config, template_sha256=array_sha256(templates)), templates
 
 
@@ -195,11 +344,16 @@ def run_preprocess(
     qc_override_csv: Path | None = None,
     merge_only: bool = False,
     config: PreprocessConfig | None = None,
+    template: Path | None = None,
+    template_only: bool = False,
 ) -> dict[str, Any]:
     """Run the preprocess stage on a work folder; returns counts and timings.
 
-    Raises PreprocessInputError for missing inputs and CacheMismatchError for a cache built with
-    another configuration (or corrupt); earlier output is never half-overwritten.
+    ``template`` reuses a stored template file (e.g. another cohort's ``template.npy``) instead of
+    building one; ``template_only`` builds (or checks) the work folder's template and stops, so
+    shards launched afterwards share it. Raises PreprocessInputError for missing inputs and
+    CacheMismatchError for a cache built with another configuration or template (or corrupt);
+    earlier output is never half-overwritten.
     """
     work = Path(work)
     config = config or PreprocessConfig(register=register)
@@ -209,44 +363,49 @@ def run_preprocess(
     overrides = quality.read_qc_overrides(qc_override_csv) if qc_override_csv else None
     summary: dict[str, Any] = {}
     with stage("preprocess") as info:
+        step_start = time.perf_counter()
         subjects, folders = load_inputs(work)
         mine = subjects if shard is None else subjects[shard[0] :: shard[1]]
-        template_start = time.perf_counter()
-        config, templates = _templates_for(work, config, subjects, folders, centres)
-        summary["template_seconds"] = round(time.perf_counter() - template_start, 2)
-        parts = cache_io.claim_parts(work, config)
-        todo = [] if merge_only else sorted(set(mine) - _finished(parts, mine, config, centres))
-        start = time.perf_counter()
-        if todo:
-            tasks = [(s, folders.get((s, "left")), folders.get((s, "right"))) for s in todo]
-            n_workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
-            initargs = (config, templates, str(parts), centres)
-            worker_peak = 0.0
-            if n_workers == 1:
-                _init_worker(*initargs)
-                for task in progress(tasks, "preprocess"):
-                    worker_peak = max(worker_peak, _process_subject(task)[2])
-            else:
-                # spawn, not fork: the parent has used OpenCV's thread pool (template), and a forked
-                # child inheriting that pool's locks can hang forever.
-                context = multiprocessing.get_context("spawn")
-                with ProcessPoolExecutor(
-                    n_workers, mp_context=context, initializer=_init_worker, initargs=initargs
-                ) as pool:
-                    for _, _, peak in progress(
-                        pool.map(_process_subject, tasks, chunksize=1), "preprocess", total=len(tasks)
-                    ):
-                        worker_peak = max(worker_peak, peak)
-            summary["peak_rss_worker_mb"] = round(worker_peak, 1)
-        seconds = time.perf_counter() - start
+        count = max(1, min(workers or os.cpu_count() or 1, len(mine) or 1))
+        template_path = WorkPaths(work).preprocess / cache_io.TEMPLATE_FILE
+        pool = _Workers(count, (str(cache_io.parts_dir(work)), centres, str(template_path)))
+        try:
+            template_start, template_cpu = time.perf_counter(), time.process_time()
+            config, _ = _templates_for(work, config, subjects, folders, centres, pool, template)
+            summary["template_seconds"] = round(time.perf_counter() - template_start, 2)
+            main_cpu = time.process_time() - template_cpu  # includes the tasks when run in-process
+            summary["template_cpu_seconds"] = round(main_cpu + (pool.cpu_seconds if pool.count > 1 else 0), 2)
+            if template_only:
+                summary["template_sha256"] = config.template_sha256
+                info.update(template=str(template_path) if config.register else "none (--no-register)")
+                return summary
+            parts = cache_io.claim_parts(work, config)
+            todo = [] if merge_only else sorted(set(mine) - _finished(parts, mine, config, centres))
+            start, subjects_cpu = time.perf_counter(), pool.cpu_seconds
+            if todo:
+                tasks = [(s, folders.get((s, "left")), folders.get((s, "right")), config) for s in todo]
+                worker_peak = 0.0
+                for _, _, peak in progress(pool.map(_process_subject, tasks), "preprocess", total=len(tasks)):
+                    worker_peak = max(worker_peak, peak)
+                summary["peak_rss_worker_mb"] = round(worker_peak, 1)
+                summary["cpu_seconds_per_knee"] = round(
+                    (pool.cpu_seconds - subjects_cpu) / (2 * len(todo)), 3
+                )
+            seconds = time.perf_counter() - start
+        finally:
+            pool.close()
         summary.update(
             subjects=len(mine), processed=len(todo), skipped=len(mine) - len(todo), seconds=round(seconds, 2)
         )
-        summary["peak_rss_main_mb"] = round(_own_peak_mb(), 1)
         summary["knees_per_s"] = round(2 * len(todo) / seconds, 2) if todo and seconds > 0 else None
         if shard is None:
-            merged = cache_io.merge_parts(work, subjects, config, overrides)
-            summary.update(merged)
+            merge_start = time.perf_counter()
+            summary.update(cache_io.merge_parts(work, subjects, config, overrides))
+            summary["merge_seconds"] = round(time.perf_counter() - merge_start, 2)
+        summary["peak_rss_main_mb"] = round(_own_peak_mb(), 1)
+        summary["step_seconds"] = round(time.perf_counter() - step_start, 2)
+        if todo:  # the whole step: template, pool start, subjects and merge
+            summary["knees_per_s_step"] = round(2 * len(todo) / summary["step_seconds"], 2)
         info.update(
             {k: v for k, v in summary.items() if k in ("subjects", "processed", "skipped", "qc_pass")}
         )

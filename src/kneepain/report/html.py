@@ -9,14 +9,14 @@ from __future__ import annotations
 import base64
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from kneepain.contracts import FUNNEL_TABLE, QC_REPORT, WorkPaths
-from kneepain.evaluate.inputs import read_run_info, work_folder
+from kneepain.contracts import FUNNEL_TABLE, QC_REPORT, WorkPaths, read_run_info, run_work_folder
 from kneepain.evaluate.provenance import software_versions, synthetic_evidence
 from kneepain.evaluate.tables import comparison_rows, fmt, fmt_auc, subgroup_rows
 from kneepain.fileio import write_text
@@ -58,14 +58,25 @@ def _read_csv(path: Path, section: Section) -> pd.DataFrame | None:
         return None
 
 
-def _table_section(key: str, title: str, path: Path, stage: str) -> Section:
+def _show_table(section: Section, frame: pd.DataFrame) -> None:
+    section.tables.append(html_table(frame))
+
+
+def _csv_section(
+    key: str,
+    title: str,
+    path: Path,
+    stage: str,
+    show: Callable[[Section, pd.DataFrame], None] = _show_table,
+) -> Section:
+    """A section shown from one CSV a stage wrote; absent, it names the stage; unreadable, the error."""
     section = Section(key, title)
     if not path.exists():
         section.missing = f"{stage} was not run ({path} not found)."
         return section
     frame = _read_csv(path, section)
     if frame is not None:
-        section.tables.append(html_table(frame))
+        show(section, frame)
     return section
 
 
@@ -123,15 +134,7 @@ def _image_section(key: str, title: str, image: Path, missing: str, caption: str
     return section
 
 
-def _subgroup_section(evaluation: Path) -> Section:
-    section = Section("subgroups", "Subgroups (the paper's Figure 4C)")
-    path = evaluation / "subgroups.csv"
-    if not path.exists():
-        section.missing = f"evaluate was not run ({path} not found)."
-        return section
-    table = _read_csv(path, section)
-    if table is None:
-        return section
+def _show_subgroups(section: Section, table: pd.DataFrame) -> None:
     table["note"] = table["note"].fillna("")
     header, rows = subgroup_rows(table)
     section.tables.append(html_table(pd.DataFrame(rows, columns=header)))
@@ -139,21 +142,12 @@ def _subgroup_section(evaluation: Path) -> Section:
         section.lines.append(
             "* n reduced: the variable (e.g. KL grade) is missing for some subjects; see Note."
         )
-    return section
 
 
-def _comparison_section(evaluation: Path) -> Section:
-    section = Section("comparisons", "Paired comparisons between runs")
-    path = evaluation / "comparisons.csv"
-    if not path.exists():
-        section.missing = f"evaluate was not run ({path} not found)."
-        return section
-    table = _read_csv(path, section)
-    if table is None:
-        return section
+def _show_comparisons(section: Section, table: pd.DataFrame) -> None:
     if table.empty:
         section.missing = "No comparison was requested: kneepain evaluate RUN --compare OTHER_RUN."
-        return section
+        return
     table["differs"] = table["differs"].fillna("")
     header, rows = comparison_rows(table)
     section.tables.append(html_table(pd.DataFrame(rows, columns=header)))
@@ -161,25 +155,15 @@ def _comparison_section(evaluation: Path) -> Section:
         "DeLong's paired test on the subjects both runs predicted; Δ AUC = other − run; "
         "dropped = subjects only in the run + only in the other."
     )
-    return section
 
 
-def _qc_section(work: Path) -> Section:
-    section = Section("qc", "Preprocessing quality control")
-    path = WorkPaths(work).preprocess / QC_REPORT
-    if not path.exists():
-        section.missing = f"preprocess was not run ({path} not found)."
-        return section
-    frame = _read_csv(path, section)
-    if frame is None:
-        return section
-    section.lines.append(f"{len(frame)} rows in {path.name}.")
+def _show_qc_reasons(section: Section, frame: pd.DataFrame) -> None:
+    section.lines.append(f"{len(frame)} rows in {QC_REPORT}.")
     for column in [c for c in frame.columns if "reason" in c.lower()]:
         reasons = frame[column].dropna().astype(str)
         counts = reasons[reasons != ""].value_counts().rename_axis(column).reset_index(name="knees")
         if not counts.empty:
             section.tables.append(html_table(counts))
-    return section
 
 
 def _cam_section(run_dir: Path) -> Section:
@@ -210,6 +194,7 @@ def _cam_section(run_dir: Path) -> Section:
         if shown == CAM_GALLERY_LIMIT:
             break
     section.lines.append(f"{shown} of {len(index)} subjects shown; all overlays are in {overlays}.")
+    _show_localization(section, run_dir / "cam" / "localization.json")
     lesions = run_dir / "cam" / "lesion_table.csv"
     if lesions.exists():
         table = _read_csv(lesions, section)
@@ -219,6 +204,47 @@ def _cam_section(run_dir: Path) -> Section:
             )
             section.tables.append(html_table(table))
     return section
+
+
+LOCALIZATION_ROWS = (
+    ("backbone", "backbone", "{}"),
+    ("map_size", "CAM grid (cells)", "{0[0]} x {0[1]}"),
+    ("area_above_half_pct_mean", "area above 0.5, % of slice (mean)", "{:.1f}"),
+    ("area_above_half_pct_sd", "area above 0.5, % of slice (SD)", "{:.1f}"),
+    ("pointing_hit_rate_correct", "pointing game, correctly predicted subjects", "{:.1%}"),
+    ("pointing_n_correct", "correctly predicted subjects measured", "{}"),
+    ("pointing_hit_rate_all", "pointing game, all measured subjects", "{:.1%}"),
+    ("energy_share_slice_mean", "share of CAM energy inside lesions (best slice)", "{:.1%}"),
+    ("pointing_hit_rate_correct_difference", "pointing game, painful minus other knee map", "{:.1%}"),
+    ("energy_share_slice_mean_difference", "energy inside lesions, painful minus other knee map", "{:.1%}"),
+    ("tolerance_cells", "pointing tolerance (CAM cells)", "{}"),
+    ("excluded", "subjects not measured (reason in localization.csv)", "{}"),
+)
+
+
+def _show_localization(section: Section, path: Path) -> None:
+    """The cam stage's localization.json as a table: what the hot spots point at, against truth masks."""
+    if not path.exists():
+        section.lines.append(f"Localization was not measured ({path} not found).")
+        return
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        section.lines.append(f"{path}: unreadable ({error}).")
+        return
+    rows = []
+    for key, label, pattern in LOCALIZATION_ROWS:
+        value = summary.get(key)
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            continue
+        rows.append((label, pattern.format(value)))
+    skipped = summary.get("localization_skipped")
+    section.lines.append(
+        f"Localization not measured against truth: {skipped}."
+        if skipped
+        else "Localization against the synthetic generator's lesion masks (cam/localization.json):"
+    )
+    section.tables.append(html_table(pd.DataFrame(rows, columns=["measure", "value"])))
 
 
 def _configuration_section(run_info: dict[str, Any], metrics: dict[str, Any] | None) -> Section:
@@ -243,7 +269,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     run_dir = Path(run_dir)
     run_info = read_run_info(run_dir)
-    work = work_folder(run_dir, run_info)
+    work = run_work_folder(run_dir, run_info)
     evaluation = run_dir / "evaluation"
     metrics_path = evaluation / "metrics.json"
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else None
@@ -251,7 +277,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     evidence += [e for e in synthetic_evidence(run_info, work) if e not in evidence]
     ingest = WorkPaths(work).ingest
     table1 = ingest / "table1.csv"
-    table1_section = _table_section("table1", "Table 1: cohort characteristics", table1, "ingest")
+    table1_section = _csv_section("table1", "Table 1: cohort characteristics", table1, "ingest")
     if not table1.exists() and (ingest / "table1.md").exists():
         table1_section = Section(
             "table1", "Table 1: cohort characteristics", pre=(ingest / "table1.md").read_text()
@@ -259,10 +285,16 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     brier = fmt(metrics["brier"]) if metrics and metrics.get("brier") is not None else "–"
     sections = [
         _summary_section(metrics, evaluation),
-        _table_section("funnel", "Cohort funnel", ingest / FUNNEL_TABLE, "ingest"),
+        _csv_section("funnel", "Cohort funnel", ingest / FUNNEL_TABLE, "ingest"),
         table1_section,
-        _table_section("split-balance", "Split balance", run_dir / "split_balance.csv", "the cv/train stage"),
-        _qc_section(work),
+        _csv_section("split-balance", "Split balance", run_dir / "split_balance.csv", "the cv/train stage"),
+        _csv_section(
+            "qc",
+            "Preprocessing quality control",
+            WorkPaths(work).preprocess / QC_REPORT,
+            "preprocess",
+            _show_qc_reasons,
+        ),
         _image_section(
             "roc",
             "ROC curves (the paper's Figure 4A/B)",
@@ -270,8 +302,20 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             f"evaluate was not run ({evaluation / 'roc.png'} not found).",
             "Out-of-fold predictions; legend: AUC with DeLong 95% CI.",
         ),
-        _subgroup_section(evaluation),
-        _comparison_section(evaluation),
+        _csv_section(
+            "subgroups",
+            "Subgroups (the paper's Figure 4C)",
+            evaluation / "subgroups.csv",
+            "evaluate",
+            _show_subgroups,
+        ),
+        _csv_section(
+            "comparisons",
+            "Paired comparisons between runs",
+            evaluation / "comparisons.csv",
+            "evaluate",
+            _show_comparisons,
+        ),
         _image_section(
             "calibration",
             "Calibration",

@@ -113,6 +113,85 @@ def load_inputs(work: Path, model: str) -> tuple[pd.DataFrame, np.ndarray, dict[
     return table, cache, cache_fingerprint(work)
 
 
+def bundle_templates(work: Path, fingerprint: dict[str, Any]) -> np.ndarray | None:
+    """The registration templates every fold bundle carries (None when the cache does not register).
+
+    Checked against the cache's configuration before training starts, so a mismatched
+    template.npy stops the run at once instead of after the first fold. A registering cache
+    without its template.npy (a hand-made test cache, say) gives bundles that train and
+    evaluate but that ``predict`` refuses; the run says so.
+    """
+    from kneepain.preprocess.cache import TEMPLATE_FILE
+    from kneepain.preprocess.config import array_sha256
+
+    if not fingerprint.get("register", True):
+        return None
+    path = WorkPaths(work).preprocess / TEMPLATE_FILE
+    if not path.exists():
+        console.print(f"[yellow]{path}: not found; the fold bundles will not be usable by `kneepain predict`")
+        return None
+    try:
+        templates = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise RunInputError(f"{path}: unreadable registration template ({error})") from error
+    pinned = fingerprint.get("template_sha256")
+    if pinned and array_sha256(templates) != pinned:
+        raise RunInputError(
+            f"{path}: not the template {WorkPaths(work).cache_config} was built with (hash differs)"
+        )
+    return templates
+
+
+def _run_record(
+    kind: str,
+    work: Path,
+    model: str,
+    folds: int,
+    seed: int,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    fingerprint: dict[str, Any],
+    subjects: int,
+) -> dict[str, Any]:
+    """run.json's content for a cross-validation (``cv``) or single-split (``split``) run."""
+    return {
+        "kind": kind,
+        "work": str(work.resolve()),
+        "model": model,
+        "folds": folds,
+        "seed": seed,
+        "architecture": model_config.to_json(),
+        "training": train_config.to_json(),
+        "preprocessing": fingerprint,
+        "package_version": __version__,
+        "subjects": subjects,
+    }
+
+
+def write_fold_bundle(
+    net: torch.nn.Module,
+    bundle: Path,
+    *,
+    fingerprint: dict[str, Any],
+    templates: np.ndarray | None,
+    training: dict[str, Any],
+    cohort_model: str,
+    fold: int,
+    summary: dict[str, Any],
+    test_loss: float,
+) -> Path:
+    """One fold's bundle: weights, model.json (preprocessing, training, fold) and the templates."""
+    meta = {
+        "preprocessing": fingerprint,
+        "training": training,
+        "cohort_model": cohort_model,
+        "fold": fold,
+        "summary": summary,
+        "test_loss": test_loss,
+    }
+    return save_bundle(net.cpu(), meta, bundle, templates=templates)
+
+
 def _part(table: pd.DataFrame, ids: list[str]) -> Part:
     rows = table.set_index("subject_id").loc[ids]
     return Part(rows["row"].to_numpy(np.int64), rows["label"].to_numpy(np.int64))
@@ -148,6 +227,7 @@ def _train_one(
     model_config: ModelConfig,
     train_config: TrainConfig,
     fingerprint: dict[str, Any],
+    templates: np.ndarray | None,
     *,
     model: str,
     resume: bool,
@@ -192,15 +272,17 @@ def _train_one(
         {"subject_id": ids["test"], "fold": k, "split": "test", "prob_right": prob, "label": label}
     )
     if dist.is_main:
-        meta = {
-            "preprocessing": fingerprint,
-            "training": config.to_json(),
-            "cohort_model": model,
-            "fold": k,
-            "summary": summary,
-            "test_loss": loss,
-        }
-        save_bundle(net.cpu(), meta, bundle)
+        write_fold_bundle(
+            net,
+            bundle,
+            fingerprint=fingerprint,
+            templates=templates,
+            training=config.to_json(),
+            cohort_model=model,
+            fold=k,
+            summary=summary,
+            test_loss=loss,
+        )
         write_csv(preds_path, frame[PREDICTION_COLUMNS])
         remove_checkpoints(fold_dir)
     return frame
@@ -255,18 +337,8 @@ def run_cv(
     except SplitError as error:
         raise RunInputError(f"{WorkPaths(work).cohort_table} (Model {model}): {error}") from error
     run_dir = WorkPaths(work).runs / run_name
-    record = {
-        "kind": "cv",
-        "work": str(work.resolve()),
-        "model": model,
-        "folds": folds,
-        "seed": seed,
-        "architecture": model_config.to_json(),
-        "training": train_config.to_json(),
-        "preprocessing": fingerprint,
-        "package_version": __version__,
-        "subjects": len(ids),
-    }
+    templates = bundle_templates(work, fingerprint)
+    record = _run_record("cv", work, model, folds, seed, model_config, train_config, fingerprint, len(ids))
     device = pick_device(train_config)
     dist = init_distributed(device)
     if dist.is_main:
@@ -286,6 +358,7 @@ def run_cv(
             model_config,
             train_config,
             fingerprint,
+            templates,
             model=model,
             resume=resume,
             device=device,
@@ -370,18 +443,10 @@ def run_split(
     for name in ("train", "test"):
         if table[table["subject_id"].isin(split[name])]["label"].nunique() < 2:
             raise RunInputError(f"{run_dir / SPLIT_FILE}: the {name} part has one class only")
-    record = {
-        "kind": "split",
-        "work": str(work.resolve()),
-        "model": model,
-        "folds": 1,
-        "seed": seed,
-        "architecture": model_config.to_json(),
-        "training": train_config.to_json(),
-        "preprocessing": fingerprint,
-        "package_version": __version__,
-        "subjects": len(split["test"]),
-    }
+    templates = bundle_templates(work, fingerprint)
+    record = _run_record(
+        "split", work, model, 1, seed, model_config, train_config, fingerprint, len(split["test"])
+    )
     info = run_dir / RUN_INFO
     if resume:
         _prepare_run_dir(run_dir, record, True, False)
@@ -405,6 +470,7 @@ def run_split(
         model_config,
         train_config,
         fingerprint,
+        templates,
         model=model,
         resume=resume,
         device=device,

@@ -2,6 +2,8 @@
 
 The cache is opened once (``kneepain.contracts.open_cache``); a batch is one sorted fancy-index
 read of its rows, converted to float in [0, 1] and area-downsampled to the model's input size.
+When the model's input is smaller than the cache's slices, a part's rows are downsampled once, on
+first use, and kept in memory (``max_resized_bytes``): every later epoch only indexes them.
 Random choices (order, knee swaps) are drawn by :func:`draw_epoch` from (seed, epoch) alone and
 applied by :meth:`CacheBatches.load`, so an epoch is the same bytes whether or not training was
 interrupted and resumed, on any number of processes.
@@ -78,6 +80,7 @@ class CacheBatches:
         location: int | None = None,
         rank: int = 0,
         world: int = 1,
+        max_resized_bytes: int = 2 << 30,
     ) -> None:
         if len(rows) != len(labels):
             raise ValueError(f"{len(rows)} cache rows but {len(labels)} labels")
@@ -92,23 +95,55 @@ class CacheBatches:
         self.location = location
         self.rank = rank
         self.world = world
+        self.max_resized_bytes = max_resized_bytes
+        self._resized: torch.Tensor | None = None
+        self._resize_lock = threading.Lock()
 
     def __len__(self) -> int:
         """Batches per epoch for this process."""
         per_rank = -(-len(self.rows) // self.world)
         return -(-per_rank // self.batch_size)
 
-    def load(self, positions: np.ndarray, swap: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Read subjects at ``positions`` in one sorted memmap read and apply the knee swaps."""
-        rows = self.rows[positions]
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        """uint8 cache block of ``rows`` (in the given order) with one sorted memmap read."""
         sort = np.argsort(rows, kind="stable")
         if self.location is None:
             block = self.cache[rows[sort]]
         else:
             block = self.cache[rows[sort], :, self.location][:, :, None]
-        block = block[np.argsort(sort, kind="stable")]  # back to the drawn order
-        block[swap] = block[swap][:, ::-1]  # knee axis: left <-> right
+        return block[np.argsort(sort, kind="stable")]
+
+    def _resized_part(self) -> torch.Tensor | None:
+        """All of this part's rows at the input size (built once), or None when not worth or too big."""
+        height, width = self.cache.shape[-2:]
+        if (height, width) == (self.input_size, self.input_size):
+            return None
+        n_slices = self.cache.shape[2] if self.location is None else 1
+        needed = len(self.rows) * self.cache.shape[1] * n_slices * self.input_size**2 * 4
+        if needed > self.max_resized_bytes:
+            return None
+        with self._resize_lock:
+            if self._resized is None:
+                chunks = [
+                    to_input(self._read(self.rows[start : start + 8]), self.input_size)
+                    for start in range(0, len(self.rows), 8)
+                ]
+                self._resized = torch.cat(chunks) if chunks else None
+        return self._resized
+
+    def load(self, positions: np.ndarray, swap: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Subjects at ``positions`` (resized once, or one sorted memmap read) with knee swaps applied."""
         labels = np.where(swap, 1 - self.labels[positions], self.labels[positions])
+        resized = self._resized_part()
+        if resized is not None:
+            x = resized[torch.from_numpy(np.asarray(positions, dtype=np.int64))]
+            if swap.any():
+                flip = torch.from_numpy(np.asarray(swap, dtype=bool))
+                x[flip] = x[flip].flip(1)  # knee axis: left <-> right
+            return x, torch.from_numpy(labels)
+        rows = self.rows[positions]
+        block = self._read(rows)
+        block[swap] = block[swap][:, ::-1]  # knee axis: left <-> right
         return to_input(block, self.input_size), torch.from_numpy(labels)
 
     def epoch(self, epoch: int, prefetch: int = 2) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -97,7 +97,7 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "patience": 5,
             "swap_knees": True,
             "weight_decay": 1e-4,
-            "channels_last": True,  # 1.33x on this CPU (benchmarks/train_speed.py); bf16 is 10x slower here
+            "channels_last": True,  # 1.33x on this CPU (docs/training.md); bf16 is 10x slower here
         },
     ),
     "tiny": (
@@ -404,7 +404,7 @@ def fit(
             entry.update(val_loss=val_loss, val_auc=auc_or_nan(truth, prob))
             if val_loss < progress_state["best_val_loss"]:
                 progress_state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0)
-                best = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+                best = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
             else:
                 progress_state["bad_epochs"] += 1
         else:

@@ -1,0 +1,139 @@
+"""One person through the network as fast as a CPU allows: logits and CAMs from one pass.
+
+All 46 slices go through the branches in one call. A ``joint`` model (one shared branch) runs
+them as one batch already. A ``paper`` model has one branch per slice location, which the model
+itself runs as 23 batches of 2 slices; here the 23 branches are merged into one network of
+grouped convolutions (``groups=23``: channel block g sees only slice g, with branch g's weights),
+so the 46 slices go through each layer in one call, and each BatchNorm is folded into its
+convolution (eval mode: running statistics). The maps, logits and CAMs are those of the model
+(``forward_with_cams`` itself is used; only ``feature_maps`` is replaced), equal to ~1e-6.
+Weights and inputs are channels_last, the pass runs under ``torch.inference_mode``. Measured
+before/after on the 2-core AVX2 machine: docs/predict.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from torch import nn
+
+from kneepain.model.siamese import SiameseNet
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def _merged_layer(layers: list[nn.Module]) -> nn.Module:
+    """One layer position of G branches as one grouped layer (G = len(layers))."""
+    first, groups = layers[0], len(layers)
+    if isinstance(first, nn.Conv2d):
+        if first.groups != 1:
+            raise ValueError("branches with grouped convolutions cannot be merged")
+        merged = nn.Conv2d(
+            first.in_channels * groups,
+            first.out_channels * groups,
+            first.kernel_size,
+            first.stride,
+            first.padding,
+            first.dilation,
+            groups=groups,
+            bias=True,
+            device="meta",
+        )
+        weight = torch.cat([layer.weight for layer in layers])
+        bias = (
+            torch.cat([layer.bias for layer in layers])
+            if first.bias is not None
+            else torch.zeros(weight.shape[0], dtype=weight.dtype)
+        )
+        merged.weight = nn.Parameter(weight, requires_grad=False)
+        merged.bias = nn.Parameter(bias, requires_grad=False)
+        return merged
+    if isinstance(first, nn.BatchNorm2d):
+        merged = nn.BatchNorm2d(first.num_features * groups, eps=first.eps, device="meta")
+        for name in ("weight", "bias"):
+            setattr(merged, name, nn.Parameter(torch.cat([getattr(x, name) for x in layers]), False))
+        merged.running_mean = torch.cat([layer.running_mean for layer in layers])
+        merged.running_var = torch.cat([layer.running_var for layer in layers])
+        return merged.eval()
+    if isinstance(first, nn.ReLU | nn.MaxPool2d | nn.Identity):
+        return first  # acts on every channel alike
+    raise ValueError(f"cannot merge branches with a {type(first).__name__} layer")
+
+
+def _fold_batch_norms(sequence: nn.Sequential) -> nn.Sequential:
+    """Fold each BatchNorm2d into the Conv2d right before it (in place; eval-mode statistics)."""
+    layers = list(sequence)
+    for i in range(len(layers) - 1):
+        conv, norm = layers[i], layers[i + 1]
+        if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+            conv.bias.copy_((conv.bias - norm.running_mean) * scale + norm.bias)
+            sequence[i + 1] = nn.Identity()
+    return sequence
+
+
+def merge_branches(branches: nn.ModuleList) -> nn.Sequential:
+    """The location branches as one grouped network: (N, G, H, W) -> (N, G * C, h, w).
+
+    Every branch must be one ``features`` Sequential of the same layer plan (KneeNet, VGG16-GAP,
+    AlexNet-GAP are). Raises ValueError for a branch that cannot be merged.
+    """
+    plans = [list(getattr(branch, "features", [])) for branch in branches]
+    if not plans[0] or any(len(plan) != len(plans[0]) for plan in plans):
+        raise ValueError("branches without one `features` Sequential of the same plan cannot be merged")
+    with torch.no_grad():
+        merged = nn.Sequential(*[_merged_layer(list(layers)) for layers in zip(*plans, strict=True)])
+        return _fold_batch_norms(merged.eval())
+
+
+class MergedSiameseNet(SiameseNet):
+    """A ``paper``-mode SiameseNet whose 23 branches run as one grouped network (inference only)."""
+
+    merged: nn.Sequential
+
+    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """Final maps of every knee and slice: (B, 2, S, C, h, w), all slices in one call."""
+        if x.ndim != 5 or x.shape[1] != 2 or x.shape[2] != self.config.n_locations:
+            raise ValueError(f"expected input (B, 2, {self.config.n_locations}, H, W), got {tuple(x.shape)}")
+        b, _, s, h, w = x.shape
+        stacked = x.reshape(b * 2, s, h, w).contiguous(memory_format=torch.channels_last)
+        maps = self.merged(stacked)
+        return maps.reshape(b, 2, s, -1, *maps.shape[-2:])
+
+
+def prepare_for_inference(model: SiameseNet) -> SiameseNet:
+    """Eval mode, channels_last, and for a ``paper`` model the merged branches (in place).
+
+    The merged model keeps the classifier and drops the per-location branches (and heads) to
+    hold the weights once; it is for inference only.
+    """
+    model.eval()
+    if len(model.branches) > 1:
+        model.merged = merge_branches(model.branches)
+        model.branches = nn.ModuleList([model.branches[0]])  # the merged copy replaces the rest
+        model.location_heads = nn.ModuleList()
+        model.__class__ = MergedSiameseNet
+    with torch.no_grad():
+        model.to(memory_format=torch.channels_last)
+    model.channels_last = True
+    return model
+
+
+def precision_context(precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the CPU, or nothing for fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "bf16":
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def run_network(model: SiameseNet, x: torch.Tensor, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (B, 2) [left painful, right painful] and CAMs (B, 2, S, h, w) float32 of ``x``."""
+    with torch.inference_mode(), precision_context(precision):
+        logits, cams = model.forward_with_cams(x)
+    probs = torch.softmax(logits.float(), dim=1)
+    return probs.numpy(), cams.float().numpy()

@@ -1,0 +1,76 @@
+"""`kneepain demo --fast`: the whole chain from synthetic cohort to report, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kneepain.demo import DEMO_RECORD, DemoOptions, demo_steps
+
+STAGES = ["synth", "ingest", "preprocess", "cross-validation", "evaluate", "cam", "report"]
+
+
+def _demo(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "kneepain", "demo", "--fast", "--out", str(out), *extra]
+    return subprocess.run(command, capture_output=True, text=True, check=False, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def fast_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    out = tmp_path_factory.mktemp("demo") / "run"
+    return out, _demo(out, "--workers", "2")
+
+
+def test_fast_demo_runs_every_stage_and_reports_honestly(fast_demo) -> None:
+    out, completed = fast_demo
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    record = json.loads((out / DEMO_RECORD).read_text())
+    assert record["status"] == "complete"
+    assert set(record["seconds"]) == {*STAGES, "total"}
+    numbers = record["headline"]
+    assert numbers["synthetic"] is True
+    assert 0.0 <= numbers["auc"] <= 1.0 and numbers["n"] > 0
+    low, high = numbers["auc_ci_delong"]
+    assert low <= numbers["auc"] <= high
+    assert 0.5 < numbers["oracle_auc"] <= 1.0
+    assert numbers["area_above_half_pct_mean"] > 0
+    report = Path(numbers["report"])
+    assert report.exists() and "synthetic" in report.read_text().lower()
+    assert "SYNTHETIC DATA" in completed.stderr + completed.stdout
+    assert str(report) in (completed.stderr + completed.stdout).replace("\n", "")
+    run = out / "work" / "runs" / "demo"
+    predictions = (run / "predictions.csv").read_text().splitlines()
+    assert len(predictions) - 1 >= numbers["n"]
+    assert (run / "cam" / "localization.json").exists()
+
+
+def test_demo_with_other_options_in_the_same_folder_is_refused(fast_demo) -> None:
+    out, completed = fast_demo
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    before = (out / DEMO_RECORD).read_bytes()
+    again = _demo(out, "--subjects", "12")
+    assert again.returncode == 2
+    assert DEMO_RECORD in again.stderr and "choose a new --out" in again.stderr
+    assert (out / DEMO_RECORD).read_bytes() == before
+
+
+def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    completed = _demo(tmp_path)
+    assert completed.returncode == 2 and "not empty" in completed.stderr
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_resumed_demo_keeps_the_cohort_and_continues_cross_validation(fast_demo) -> None:
+    out, completed = fast_demo
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    options = DemoOptions(out=out, subjects=40, seed=1, fast=True, folds=3)
+    steps = {step.name: step.args for step in demo_steps(options, resume=True)}
+    assert "synth" not in steps
+    assert "--resume" in steps["cross-validation"]
+    fresh = {step.name: step.args for step in demo_steps(options, resume=False)}
+    assert "synth" in fresh and "--resume" not in fresh["cross-validation"]
