@@ -34,7 +34,7 @@ from kneepain.train import (
 )
 from kneepain.train.data import CacheBatches, draw_epoch
 from kneepain.train.folds import SplitError, check_folds
-from kneepain.train.loop import Dist, fit
+from kneepain.train.loop import Dist, fit, selection_score
 from workfolder import make_work
 
 TINY = {"width": 0.0625, "input_size": 16, "mode": "joint"}
@@ -295,3 +295,18 @@ def test_cli_cv_and_its_error_message(work: Path, tmp_path: Path) -> None:
     split = runner.invoke(app, ["split", str(work), "--run", "rv"])
     assert split.exit_code == 0, split.output
     assert (work / "runs" / "rv" / "split_balance.csv").exists()
+
+
+def test_selection_on_auc_prefers_ranking_over_calibration() -> None:
+    assert selection_score("loss", 0.69, 0.40) < selection_score("loss", 0.85, 0.80)
+    assert selection_score("auc", 0.85, 0.80) < selection_score("auc", 0.69, 0.40)
+    assert selection_score("auc", 0.5, float("nan")) == float("inf")
+    with pytest.raises(ValueError, match="select_on"):
+        _tiny(select_on="accuracy")
+
+
+def test_cv_selecting_on_auc_records_it(work: Path, tmp_path: Path) -> None:
+    model_config, train_config = _tiny(epochs=2, select_on="auc")
+    run_cv(work, "by_auc", folds=2, config=(model_config, train_config), show_progress=False)
+    info = json.loads((work / "runs" / "by_auc" / "run.json").read_text())
+    assert info["training"]["select_on"] == "auc"

@@ -45,6 +45,7 @@ class TrainingOptions:
     optimizer: str | None = _option("sgd | adam.")
     weight_decay: float | None = _option("L2 weight decay.")
     patience: int | None = _option("Early-stopping patience in epochs (0 = off).")
+    select_on: str | None = _option("Best epoch by validation loss (paper) | auc.")
     swap_knees: bool | None = _option("Augmentation: swap knees, flip label.", "--swap-knees/--no-swap-knees")
     precision: str | None = _option("fp32 | bf16 | fp16 (CUDA only).")
     channels_last: bool | None = _option("channels_last memory format.", "--channels-last/--no-channels-last")

@@ -37,6 +37,20 @@ class TrainingError(RuntimeError):
     """Training cannot go on (NaN loss, bad configuration, mismatched resume): stop cleanly."""
 
 
+SELECT_ON = ("loss", "auc")
+
+
+def selection_score(select_on: str, val_loss: float, val_auc: float) -> float:
+    """Lower is better: the validation loss, or minus the validation AUC (NaN AUC ranks last).
+
+    With a small validation part the loss can rise while the ranking improves (the model grows
+    overconfident): selecting on loss then keeps an early, uninformative epoch.
+    """
+    if select_on == "loss":
+        return val_loss
+    return -val_auc if math.isfinite(val_auc) else math.inf
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation and speed settings. Defaults are the paper's recipe."""
@@ -49,7 +63,8 @@ class TrainConfig:
     lr_gamma: float = 0.1
     batch_size: int = 64  # subjects (pairs of 23-slice stacks) per step, over all processes
     epochs: int = 500
-    patience: int = 50  # early stopping on validation loss (0 = off)
+    patience: int = 50  # early stopping on the validation score (0 = off)
+    select_on: str = "loss"  # the best epoch: lowest validation loss (paper) or highest validation AUC
     val_fraction: float = 0.1  # share of each training part held out for early stopping
     swap_knees: bool = False  # augmentation: swap the knees and flip the label (p = 0.5)
     precision: str = "fp32"  # fp32 | bf16 (autocast, CPU and CUDA) | fp16 (CUDA, GradScaler)
@@ -63,6 +78,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.select_on not in SELECT_ON:
+            raise ValueError(f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.batch_size < 1 or self.epochs < 1 or not (0.0 <= self.val_fraction < 0.5):
@@ -402,8 +419,10 @@ def fit(
             if not math.isfinite(val_loss):
                 raise TrainingError(f"{label}: validation loss is {val_loss} at epoch {epoch}; stopped")
             entry.update(val_loss=val_loss, val_auc=auc_or_nan(truth, prob))
-            if val_loss < progress_state["best_val_loss"]:
-                progress_state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0)
+            score = selection_score(config.select_on, val_loss, entry["val_auc"])
+            if score < progress_state.get("best_score", progress_state["best_val_loss"]):
+                progress_state.update(best_val_loss=val_loss, best_score=score, best_epoch=epoch)
+                progress_state["bad_epochs"] = 0
                 best = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
             else:
                 progress_state["bad_epochs"] += 1
