@@ -114,6 +114,7 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "patience": 5,
             "swap_knees": True,
             "weight_decay": 1e-4,
+            "select_on": "auc",  # 5-fold on 300 synthetic subjects: AUC 0.778 vs 0.686 selecting on loss
             "channels_last": True,  # 1.33x on this CPU (docs/training.md); bf16 is 10x slower here
         },
     ),
@@ -127,6 +128,7 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "epochs": 8,
             "patience": 4,
             "swap_knees": True,
+            "select_on": "auc",
         },
     ),
 }
