@@ -156,3 +156,12 @@ def test_report_renders_in_headless_chromium(tmp_path: Path, chromium: Browser) 
     page.screenshot(path=str(screenshot), full_page=True)
     assert [r for r in requests if not r.startswith(("file:", "data:"))] == []
     assert screenshot.stat().st_size > 10_000
+
+
+def test_malformed_run_json_is_named_not_a_traceback(tmp_path: Path) -> None:
+    run = full_run(tmp_path, synthetic=True)
+    (run / "run.json").write_text("{not json")
+    result = CliRunner().invoke(app, ["report", str(run)])
+    assert result.exit_code == 2
+    assert isinstance(result.exception, SystemExit)  # a clean exit, not a traceback
+    assert "run.json" in result.output

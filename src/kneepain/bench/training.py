@@ -29,6 +29,7 @@ from torch.nn import functional
 from kneepain.bench.peak import forward_backward_flops, peak_flops
 from kneepain.bench.report import OK, failed, skipped
 from kneepain.contracts import N_SLICES
+from kneepain.train.loop import backward_and_step
 
 CENTRE_LOCATION = N_SLICES // 2
 
@@ -141,14 +142,7 @@ def time_steps(
         t1 = time.perf_counter()
         with _autocast(setting.precision, device):
             loss = functional.cross_entropy(runner(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        backward_and_step(loss, optimizer, scaler)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()

@@ -51,11 +51,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write one self-contained HTML report (figures embedded) of a run."""
         from kneepain.console import console, stage
+        from kneepain.contracts import RunFolderError
         from kneepain.report.html import build_report
 
         if not run.is_dir():
             console.print(f"[red]report: {run}: run folder not found[/red]", soft_wrap=True)
             raise typer.Exit(code=2)
-        with stage("report") as info:
-            target = build_report(run, out)
-            info["file"] = str(target)
+        try:
+            with stage("report") as info:
+                target = build_report(run, out)
+                info["file"] = str(target)
+        except RunFolderError as error:
+            console.print(f"[red]report: {error}[/red]", soft_wrap=True)
+            raise typer.Exit(code=2) from error
