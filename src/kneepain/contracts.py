@@ -7,9 +7,9 @@ and in docs/contracts.md together.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -81,6 +81,20 @@ COHORT_COLUMNS = [
 CACHE_INDEX_COLUMNS = ["row", "subject_id", "centre_left", "centre_right", "qc_pass", "qc_reason"]
 
 PREDICTION_COLUMNS = ["subject_id", "fold", "split", "prob_right", "label"]
+
+
+class JsonRecord:
+    """Mixin for the configuration dataclasses recorded in run.json and model.json."""
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        """Inverse of :meth:`to_json`; unknown keys (e.g. an architecture's ``name``) are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)

@@ -34,13 +34,13 @@ Two ways to train (``mode``):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from kneepain.contracts import IMAGE_SIZE, N_SLICES
+from kneepain.contracts import IMAGE_SIZE, N_SLICES, JsonRecord
 from kneepain.model.branches import BRANCHES, build_branch
 
 COMBINATIONS = ("relu_diff", "diff", "concat")
@@ -48,7 +48,7 @@ MODES = ("joint", "paper")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(JsonRecord):
     """The architecture: everything needed to rebuild the network before loading its weights."""
 
     branch: str = "kneenet"
@@ -67,16 +67,6 @@ class ModelConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if not (self.width > 0 and self.input_size >= 16 and self.n_locations >= 1):
             raise ValueError(f"width > 0, input_size >= 16 and n_locations >= 1 expected, got {self}")
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain dict for model.json."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ModelConfig:
-        """Inverse of :meth:`to_json`; unknown keys (e.g. ``name``) are ignored."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class SiameseNet(nn.Module):

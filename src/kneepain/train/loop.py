@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from kneepain.contracts import JsonRecord
 from kneepain.fileio import atomic_dir, write_text
 from kneepain.train.data import CacheBatches
 
@@ -52,7 +53,7 @@ def selection_score(select_on: str, val_loss: float, val_auc: float) -> float:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JsonRecord):
     """Optimisation and speed settings. Defaults are the paper's recipe."""
 
     optimizer: str = "sgd"  # "sgd" (paper) or "adam"
@@ -84,16 +85,6 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.batch_size < 1 or self.epochs < 1 or not (0.0 <= self.val_fraction < 0.5):
             raise ValueError(f"batch_size >= 1, epochs >= 1 and 0 <= val_fraction < 0.5 expected: {self}")
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain dict for run.json / model.json."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_json` (unknown keys ignored)."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 # Presets: (architecture, training). "paper" is the published configuration; "small" trains a
