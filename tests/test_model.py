@@ -58,13 +58,17 @@ def test_alternative_branches_map_sizes(branch: type[nn.Module], size: int) -> N
 
 
 @pytest.mark.parametrize("combine", ["relu_diff", "diff", "concat"])
-@pytest.mark.parametrize("mode", ["joint", "paper"])
-def test_cams_decompose_the_logit_difference_exactly(combine: str, mode: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "head"), [("joint", "location"), ("paper", "location"), ("joint", "shared")]
+)
+def test_cams_decompose_the_logit_difference_exactly(combine: str, mode: str, head: str) -> None:
     torch.manual_seed(0)
-    model = build_model({"width": 0.0625, "input_size": 32, "combine": combine, "mode": mode}).eval()
+    model = build_model(
+        {"width": 0.0625, "input_size": 32, "combine": combine, "mode": mode, "head": head}
+    ).eval()
     with torch.no_grad():  # random head weights so every channel matters, both signs
-        model.classifier.weight.normal_()
-        model.classifier.bias.normal_()
+        for parameter in model.classifier.parameters():
+            parameter.normal_()
     x = torch.rand(3, 2, 23, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         logits, cams = model.forward_with_cams(x)
@@ -74,6 +78,25 @@ def test_cams_decompose_the_logit_difference_exactly(combine: str, mode: str) ->
     bias = model.classifier.bias[1] - model.classifier.bias[0]
     rebuilt = bias + cams[:, 1].mean(dim=(-2, -1)).sum(1) - cams[:, 0].mean(dim=(-2, -1)).sum(1)
     torch.testing.assert_close(rebuilt, logits[:, 1] - logits[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_shared_head_scores_every_location_with_one_weight_vector(tmp_path) -> None:
+    """The shared head has one (2, D) weight; permuting the slice locations leaves its logits unchanged."""
+    torch.manual_seed(0)
+    model = build_model({"width": 0.0625, "input_size": 32, "mode": "joint", "head": "shared"}).eval()
+    per_location = build_model({"width": 0.0625, "input_size": 32, "mode": "joint"})
+    d = model.feature_dim
+    assert model.classifier.shared_weight.shape == (2, d)
+    assert sum(p.numel() for p in model.classifier.parameters()) == 2 * d + 2
+    assert model.classifier.weight.shape == per_location.classifier.weight.shape == (2, 23 * d)
+    x = torch.rand(2, 2, 23, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x[:, :, torch.randperm(23)]), model(x), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(per_location(x[:, :, torch.randperm(23)]), per_location(x))
+    loaded, meta = load_bundle(save_bundle(model, {}, tmp_path / "b"))
+    assert meta["architecture"]["head"] == "shared"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
 
 
 def test_swapping_knees_swaps_the_diff_cams() -> None:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
 from kneepain.cli import app
-from kneepain.contracts import open_cache
+from kneepain.contracts import WorkPaths, open_cache, training_table
 from kneepain.model import load_bundle
 from kneepain.model.siamese import build_model
 from kneepain.train import (
@@ -32,7 +33,7 @@ from kneepain.train import (
     run_cv,
     stratified_split,
 )
-from kneepain.train.data import CacheBatches, draw_epoch
+from kneepain.train.data import CacheBatches, draw_epoch, to_input
 from kneepain.train.folds import SplitError, check_folds
 from kneepain.train.loop import Dist, fit, selection_score
 from workfolder import make_work
@@ -99,9 +100,10 @@ def _fit(
     resume: bool = False,
     dist: Dist | None = None,
     channels_last: bool = False,
+    **train: Any,
 ) -> torch.nn.Module:
     cache = open_cache(work / "preprocess" / "cache.npy")
-    _, config = _tiny(epochs=epochs, patience=0, batch_size=8, channels_last=channels_last)
+    _, config = _tiny(epochs=epochs, patience=0, batch_size=8, channels_last=channels_last, **train)
     torch.manual_seed(0)
     model = build_model(TINY)
     rank, world = (dist.rank, dist.world) if dist else (0, 1)
@@ -124,10 +126,11 @@ def _fit(
     return model
 
 
-def test_resume_continues_exactly(work: Path, tmp_path: Path) -> None:
-    straight = _fit(work, tmp_path / "a", epochs=4)
-    _fit(work, tmp_path / "b", epochs=2)
-    resumed = _fit(work, tmp_path / "b", epochs=4, resume=True)
+@pytest.mark.parametrize("averaging", [{}, {"ema_decay": 0.9, "select_on": "last"}])
+def test_resume_continues_exactly(work: Path, tmp_path: Path, averaging: dict) -> None:
+    straight = _fit(work, tmp_path / "a", epochs=4, **averaging)
+    _fit(work, tmp_path / "b", epochs=2, **averaging)
+    resumed = _fit(work, tmp_path / "b", epochs=4, resume=True, **averaging)
     for key, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)
     log = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
@@ -240,10 +243,25 @@ def test_cv_learns_the_toy_task_and_writes_the_run(work: Path) -> None:
     assert info["model"] == "A" and info["status"] == "complete"
 
 
-def test_paper_mode_runs_end_to_end(work: Path) -> None:
-    run = run_cv(work, "paper", folds=2, model="B", config=_tiny("paper", epochs=2), show_progress=False)
-    predictions = pd.read_csv(run / "predictions.csv")
+@pytest.mark.parametrize("head", ["location", "shared"])
+def test_paper_mode_runs_end_to_end(work: Path, head: str) -> None:
+    model_config, train_config = preset(
+        "tiny", {"mode": "paper", "head": head}, {"device": "cpu", "epochs": 2}
+    )
+    run = run_cv(
+        work, f"paper_{head}", folds=2, model="B", config=(model_config, train_config), show_progress=False
+    )
+    predictions = pd.read_csv(run / "predictions.csv", dtype={"subject_id": str})
     assert len(predictions) == 40 and predictions["prob_right"].between(0, 1).all()
+    fitted, meta = load_bundle(run / "fold_00" / "bundle")
+    assert meta["architecture"]["head"] == head
+    tested = predictions[predictions["fold"] == 0].merge(training_table(work, "B"), on="subject_id")
+    x = to_input(
+        np.array(open_cache(WorkPaths(work).cache_array)[tested["row"].to_numpy()]), meta["input_size"]
+    )
+    with torch.no_grad():  # the fused classifier in the bundle gives the recorded predictions
+        recomputed = torch.softmax(fitted(x), dim=1)[:, 1].numpy()
+    np.testing.assert_allclose(recomputed, tested["prob_right"], atol=1e-4)
     lines = (run / "fold_00" / "metrics.jsonl").read_text().splitlines()
     assert {json.loads(line).get("location") for line in lines[:-1]} == set(range(23))
     assert json.loads(lines[-1])["fusion"] is True
@@ -303,6 +321,25 @@ def test_selection_on_auc_prefers_ranking_over_calibration() -> None:
     assert selection_score("auc", 0.5, float("nan")) == float("inf")
     with pytest.raises(ValueError, match="select_on"):
         _tiny(select_on="accuracy")
+
+
+def test_weight_average_is_what_training_keeps(work: Path, tmp_path: Path) -> None:
+    """With ema_decay, validation sees and fit returns the moving average, not the last raw weights."""
+    averaged = _fit(work, tmp_path / "ema", epochs=3, ema_decay=0.9, select_on="last")
+    raw = load_file(str(tmp_path / "ema" / "checkpoint" / "state.safetensors"))
+    log = [json.loads(line) for line in (tmp_path / "ema" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [1, 2, 3]
+    for key, value in averaged.state_dict().items():
+        torch.testing.assert_close(value, raw[f"ema.module.{key}"], rtol=0, atol=0)
+        torch.testing.assert_close(value, raw[f"best.{key}"], rtol=0, atol=0)
+    moved = [k for k, v in averaged.state_dict().items() if v.is_floating_point() and "weight" in k]
+    assert any(not torch.equal(averaged.state_dict()[k], raw[f"model.{k}"]) for k in moved)
+    with pytest.raises(ValueError, match="ema_decay"):
+        _tiny(ema_decay=1.0)
+
+
+def test_selecting_the_last_epoch_ignores_the_validation_score() -> None:
+    assert selection_score("last", 0.9, 0.4, epoch=5) < selection_score("last", 0.2, 0.99, epoch=4)
 
 
 def test_cv_selecting_on_auc_records_it(work: Path, tmp_path: Path) -> None:

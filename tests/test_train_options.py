@@ -21,12 +21,15 @@ GIVEN = {
     "--input-size": "16",
     "--combine": "diff",
     "--mode": "joint",
+    "--head": "shared",
     "--epochs": "1",
     "--lr": "0.003",
     "--batch-size": "8",
     "--optimizer": "sgd",
     "--weight-decay": "0.001",
     "--patience": "0",
+    "--select-on": "last",
+    "--ema-decay": "0.9",
     "--precision": "fp32",
     "--device": "cpu",
     "--seed": "5",
@@ -71,17 +74,20 @@ def test_every_training_flag_reaches_the_run_record(work: Path, command: list[st
     assert result.exit_code == 0, result.output
     record = json.loads((work / "runs" / name / "run.json").read_text())
     assert record["seed"] == 5
-    assert {k: record["architecture"][k] for k in ("branch", "width", "input_size", "combine", "mode")} == {
+    architecture = ("branch", "width", "input_size", "combine", "mode", "head")
+    assert {k: record["architecture"][k] for k in architecture} == {
         "branch": "kneenet",
         "width": 0.0625,
         "input_size": 16,
         "combine": "diff",
         "mode": "joint",
+        "head": "shared",
     }
     training = record["training"]
     assert (training["epochs"], training["lr"], training["batch_size"]) == (1, 0.003, 8)
     assert (training["optimizer"], training["weight_decay"], training["patience"]) == ("sgd", 0.001, 0)
     assert (training["precision"], training["device"], training["seed"]) == ("fp32", "cpu", 5)
+    assert (training["select_on"], training["ema_decay"]) == ("last", 0.9)
     assert (training["swap_knees"], training["channels_last"], training["compile"]) == (False, True, False)
 
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 RESUME = typer.Option(False, "--resume", help="Continue a stopped run exactly (same cache and settings).")
 SEED_HELP = "Seed of folds/splits, initialisation and augmentation."
-ARCHITECTURE_OPTIONS = ("branch", "width", "input_size", "combine", "mode")  # the rest is TrainConfig
+ARCHITECTURE_OPTIONS = ("branch", "width", "input_size", "combine", "mode", "head")  # the rest is TrainConfig
 
 
 def _option(help_text: str, *flags: str, default: Any = None) -> Any:
@@ -39,13 +39,15 @@ class TrainingOptions:
     input_size: int | None = _option("Slice size fed to the network (area downsampling of the cache).")
     combine: str | None = _option("relu_diff (published) | diff | concat.")
     mode: str | None = _option("paper (23 location models + logistic fusion) | joint (end to end).")
+    head: str | None = _option("location (published: one weight per slice location) | shared (one for all).")
     epochs: int | None = _option("Maximum epochs.")
     lr: float | None = _option("Initial learning rate.")
     batch_size: int | None = _option("Subjects per step (over all processes).")
     optimizer: str | None = _option("sgd | adam.")
     weight_decay: float | None = _option("L2 weight decay.")
     patience: int | None = _option("Early-stopping patience in epochs (0 = off).")
-    select_on: str | None = _option("Best epoch by validation loss (paper) | auc.")
+    select_on: str | None = _option("Kept epoch: best validation loss (paper) | best validation auc | last.")
+    ema_decay: float | None = _option("Average the weights (EMA per step, e.g. 0.95; 0 = off).")
     swap_knees: bool | None = _option("Augmentation: swap knees, flip label.", "--swap-knees/--no-swap-knees")
     precision: str | None = _option("fp32 | bf16 | fp16 (CUDA only).")
     channels_last: bool | None = _option("channels_last memory format.", "--channels-last/--no-channels-last")

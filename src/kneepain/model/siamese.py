@@ -25,6 +25,13 @@ Each knee's CAM is that knee's own contribution to the evidence that IT is the p
 In every case, exactly (up to rounding):
     logit_1 - logit_0 = (b_1 - b_0) + sum_s mean_hw(CAM_R,s) - sum_s mean_hw(CAM_L,s).
 
+Two heads (``head``):
+- ``location`` (the paper's): the classifier has its own weights for every location's vector.
+- ``shared``: one weight vector for all locations, and the logit sums the locations' scores
+  (:class:`SharedLocationLinear`): a lesion counts the same on whichever slice it lies, and the
+  head has 23 times fewer weights to learn from a few hundred subjects. Its ``weight`` is the
+  equivalent per-location matrix, so the CAMs below hold unchanged.
+
 Two ways to train (``mode``):
 - ``joint``: one branch shared by all locations, trained end to end.
 - ``paper``: one branch and one head per location (``location_heads``), each trained on its
@@ -39,12 +46,40 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional
 
 from kneepain.contracts import IMAGE_SIZE, N_SLICES, JsonRecord
 from kneepain.model.branches import BRANCHES, build_branch
 
 COMBINATIONS = ("relu_diff", "diff", "concat")
 MODES = ("joint", "paper")
+HEADS = ("location", "shared")
+
+
+class SharedLocationLinear(nn.Module):
+    """A linear classifier over S concatenated location vectors whose weights are shared by all locations.
+
+    ``weight`` is the (2, S * D) matrix of the equivalent per-location classifier (the shared
+    (2, D) weights repeated S times), so the CAM and inference code that reads
+    ``classifier.weight`` treats both heads alike. The logit is the sum of the locations' scores
+    with one weight vector: evidence counts the same on whichever slice it lies, which a
+    23-fold smaller head learns from far fewer subjects.
+    """
+
+    def __init__(self, n_locations: int, feature_dim: int) -> None:
+        super().__init__()
+        self.n_locations = n_locations
+        reference = nn.Linear(feature_dim, 2)
+        self.shared_weight = nn.Parameter(reference.weight.detach().clone() / n_locations)
+        self.bias = nn.Parameter(reference.bias.detach().clone())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.shared_weight.repeat(1, self.n_locations)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        summed = z.reshape(z.shape[0], self.n_locations, -1).sum(dim=1)
+        return functional.linear(summed, self.shared_weight, self.bias)
 
 
 @dataclass(frozen=True)
@@ -57,6 +92,7 @@ class ModelConfig(JsonRecord):
     combine: str = "relu_diff"
     mode: str = "paper"
     n_locations: int = N_SLICES
+    head: str = "location"  # location (paper: one weight per location) | shared (one for all)
 
     def __post_init__(self) -> None:
         if self.branch not in BRANCHES:
@@ -65,6 +101,8 @@ class ModelConfig(JsonRecord):
             raise ValueError(f"combine must be one of {COMBINATIONS}, got {self.combine!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if not (self.width > 0 and self.input_size >= 16 and self.n_locations >= 1):
             raise ValueError(f"width > 0, input_size >= 16 and n_locations >= 1 expected, got {self}")
 
@@ -79,7 +117,11 @@ class SiameseNet(nn.Module):
         self.branches = nn.ModuleList(build_branch(config.branch, config.width) for _ in range(n_branches))
         channels = self.branches[0].out_channels
         self.feature_dim = 2 * channels if config.combine == "concat" else channels
-        self.classifier = nn.Linear(config.n_locations * self.feature_dim, 2)
+        self.classifier: nn.Module = (
+            SharedLocationLinear(config.n_locations, self.feature_dim)
+            if config.head == "shared"
+            else nn.Linear(config.n_locations * self.feature_dim, 2)
+        )
         self.location_heads = nn.ModuleList(
             nn.Linear(self.feature_dim, 2) for _ in range(n_branches if config.mode == "paper" else 0)
         )

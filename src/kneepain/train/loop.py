@@ -38,17 +38,21 @@ class TrainingError(RuntimeError):
     """Training cannot go on (NaN loss, bad configuration, mismatched resume): stop cleanly."""
 
 
-SELECT_ON = ("loss", "auc")
+SELECT_ON = ("loss", "auc", "last")
 
 
-def selection_score(select_on: str, val_loss: float, val_auc: float) -> float:
-    """Lower is better: the validation loss, or minus the validation AUC (NaN AUC ranks last).
+def selection_score(select_on: str, val_loss: float, val_auc: float, epoch: int = 0) -> float:
+    """Lower is better: the validation loss, minus the validation AUC (NaN AUC ranks last), or
+    minus the epoch (``last``: every epoch beats the one before, so the final weights are kept).
 
     With a small validation part the loss can rise while the ranking improves (the model grows
-    overconfident): selecting on loss then keeps an early, uninformative epoch.
+    overconfident): selecting on loss then keeps an early, uninformative epoch; and a validation
+    AUC on a dozen subjects can saturate at 1.0 in epoch 1. ``last`` trusts the schedule instead.
     """
     if select_on == "loss":
         return val_loss
+    if select_on == "last":
+        return -float(epoch)
     return -val_auc if math.isfinite(val_auc) else math.inf
 
 
@@ -65,7 +69,8 @@ class TrainConfig(JsonRecord):
     batch_size: int = 64  # subjects (pairs of 23-slice stacks) per step, over all processes
     epochs: int = 500
     patience: int = 50  # early stopping on the validation score (0 = off)
-    select_on: str = "loss"  # the best epoch: lowest validation loss (paper) or highest validation AUC
+    select_on: str = "loss"  # the kept epoch: lowest validation loss (paper), highest validation AUC, or last
+    ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights (per step)
     val_fraction: float = 0.1  # share of each training part held out for early stopping
     swap_knees: bool = False  # augmentation: swap the knees and flip the label (p = 0.5)
     precision: str = "fp32"  # fp32 | bf16 (autocast, CPU and CUDA) | fp16 (CUDA, GradScaler)
@@ -83,6 +88,8 @@ class TrainConfig(JsonRecord):
             raise ValueError(f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.batch_size < 1 or self.epochs < 1 or not (0.0 <= self.val_fraction < 0.5):
             raise ValueError(f"batch_size >= 1, epochs >= 1 and 0 <= val_fraction < 0.5 expected: {self}")
 
@@ -225,17 +232,30 @@ def _optimizer_from_parts(tensors: dict[str, torch.Tensor], record: dict) -> dic
     return {"state": state, "param_groups": record["param_groups"]}
 
 
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+
+
 def save_checkpoint(
-    folder: Path, module: nn.Module, optimizer, scheduler, progress: dict, best: dict | None
+    folder: Path,
+    module: nn.Module,
+    optimizer,
+    scheduler,
+    progress: dict,
+    best: dict | None,
+    averaged: nn.Module | None = None,
 ) -> None:
-    """Write folder/checkpoint/ (weights, optimizer tensors, best weights; JSON for the rest) atomically."""
+    """Write folder/checkpoint/ (weights, optimizer tensors, best and averaged weights; JSON for the
+    rest) atomically."""
     from safetensors.torch import save_file
 
-    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+    tensors = {f"model.{k}": v for k, v in _cpu_state(module).items()}
     optim_tensors, optim_record = _optimizer_to_parts(optimizer)
     tensors.update(optim_tensors)
     if best is not None:
         tensors.update({f"best.{k}": v for k, v in best.items()})
+    if averaged is not None:
+        tensors.update({f"ema.{k}": v for k, v in _cpu_state(averaged).items()})
     record = {"optimizer": optim_record, "scheduler": scheduler.state_dict(), "progress": progress}
     with atomic_dir(folder / CHECKPOINT_DIR) as tmp:
         save_file(tensors, str(tmp / "state.safetensors"))
@@ -299,6 +319,19 @@ class FitResult:
     history: list[dict[str, Any]]
 
 
+def _moving_average(module: nn.Module, decay: float) -> nn.Module | None:
+    """An exponential moving average of ``module``'s weights and BN statistics (None when decay is 0).
+
+    Averaging damps the epoch-to-epoch swings that a small, noisy training set gives the raw
+    weights, so the validated (and kept) model changes smoothly.
+    """
+    if decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def _make_optimizer(module: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in module.parameters() if p.requires_grad]
     if config.optimizer == "adam":
@@ -346,9 +379,12 @@ def fit(
     progress_state: dict[str, Any] = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0}
     best: dict[str, torch.Tensor] | None = None
     history: list[dict[str, Any]] = []
+    averaged = _moving_average(module, config.ema_decay)
     if resume:
         tensors, record = load_checkpoint(out_dir)
         module.load_state_dict(_prefixed(tensors, "model."))
+        if averaged is not None:
+            averaged.load_state_dict(_prefixed(tensors, "ema."))
         optimizer.load_state_dict(_optimizer_from_parts(tensors, record["optimizer"]))
         scheduler.load_state_dict(record["scheduler"])
         progress_state = record["progress"]
@@ -390,6 +426,8 @@ def fit(
                     f"{label}: loss is {loss.item()} at epoch {epoch}; stopped (try a lower --lr)"
                 )
             backward_and_step(loss, optimizer, scaler)
+            if averaged is not None:
+                averaged.update_parameters(module)
             seen += len(y)
             loss_sum += loss.item() * len(y)
             tick = time.perf_counter()
@@ -409,27 +447,30 @@ def fit(
             "data_wait_share": wait / max(seconds, 1e-9),
             "seconds": seconds,
         }
+        kept = module if averaged is None else averaged.module  # the weights validated and kept
         if val is not None:
-            module.eval()
-            prob, truth, val_loss = predict(module, val, device, cast)
+            kept.eval()
+            prob, truth, val_loss = predict(kept, val, device, cast)
             if not math.isfinite(val_loss):
                 raise TrainingError(f"{label}: validation loss is {val_loss} at epoch {epoch}; stopped")
             entry.update(val_loss=val_loss, val_auc=auc_or_nan(truth, prob))
-            score = selection_score(config.select_on, val_loss, entry["val_auc"])
+            score = selection_score(config.select_on, val_loss, entry["val_auc"], epoch)
             if score < progress_state.get("best_score", progress_state["best_val_loss"]):
                 progress_state.update(best_val_loss=val_loss, best_score=score, best_epoch=epoch)
                 progress_state["bad_epochs"] = 0
-                best = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+                best = _cpu_state(kept)
             else:
                 progress_state["bad_epochs"] += 1
         else:
             progress_state["best_epoch"] = epoch
+            if averaged is not None:
+                best = _cpu_state(kept)
         progress_state["epoch"] = epoch
         history.append(
             {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in entry.items()}
         )
         if dist.is_main:
-            save_checkpoint(out_dir, module, optimizer, scheduler, progress_state, best)
+            save_checkpoint(out_dir, module, optimizer, scheduler, progress_state, best, averaged)
             write_text(out_dir / METRICS_LOG, "".join(json.dumps(h) + "\n" for h in history))
     if best is not None:
         module.load_state_dict(best)

@@ -192,8 +192,13 @@ def fit_fusion(
         xs, ys = extract_features(model, cache, train, config, device, swap=True)
         x, y = torch.cat([x, xs]), torch.cat([y, ys])
     n_slices = model.config.n_locations
+    shared = model.config.head == "shared"
     with torch.no_grad():
-        heads_w = torch.cat([h.weight for h in model.location_heads], dim=1) / n_slices
+        if shared:  # one weight vector for all locations: fit it on the locations' summed features
+            x = x.reshape(x.shape[0], n_slices, -1).sum(dim=1)
+            heads_w = torch.stack([h.weight for h in model.location_heads]).mean(0) / n_slices
+        else:
+            heads_w = torch.cat([h.weight for h in model.location_heads], dim=1) / n_slices
         heads_b = torch.stack([h.bias for h in model.location_heads]).mean(0)
     weight = heads_w.detach().cpu().clone().requires_grad_(True)
     bias = heads_b.detach().cpu().clone().requires_grad_(True)
@@ -210,11 +215,14 @@ def fit_fusion(
     if not np.isfinite(final):
         raise TrainingError(f"fusion: loss is {final}; stopped")
     with torch.no_grad():
-        model.classifier.weight.copy_(weight.to(model.classifier.weight.device))
+        target = model.classifier.shared_weight if shared else model.classifier.weight
+        target.copy_(weight.to(target.device))
         model.classifier.bias.copy_(bias.to(model.classifier.bias.device))
     record: dict[str, Any] = {"train_loss": final, "seconds": time.perf_counter() - start}
     if val is not None:
         xv, yv = extract_features(model, cache, val, config, device)
+        if shared:
+            xv = xv.reshape(xv.shape[0], n_slices, -1).sum(dim=1)
         with torch.no_grad():
             record["val_loss"] = float(functional.cross_entropy(xv @ weight.T + bias, yv).item())
     return record
