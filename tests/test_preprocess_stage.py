@@ -76,12 +76,17 @@ def test_figures_against_truth(processed: tuple[Path, Path, dict]) -> None:
     assert figures["centre_within_1"] >= 0.95
     assert figures["aligned_median_mm"] <= 0.5 and figures["aligned_median_deg"] <= 0.5
     assert figures["aligned_within_2mm"] >= 0.98
-    # Raw residuals include one global offset between the template's frame and the generator's:
-    # the unbiased template's frame is its knees' mean pose, so the offset is minus that mean
-    # (here 16 knees, 40% with artifacts, offset about 3.5 mm; within 0.1 mm on 78 clean-ish knees).
-    offset = np.array(figures["global_offset_deg_row_col"])
-    sample_mean = np.array(figures["template_knees_true_mean_deg_row_col"])
-    assert abs(offset[0] + sample_mean[0]) < 0.6 and np.hypot(*(offset[1:] + sample_mean[1:])) < 0.6
+    # The template is moved to an anatomical frame (level tibial plateau, centre above the tibial
+    # eminence), so the raw rotation and the anteroposterior (col) offset match the generator's
+    # anatomical frame (here -0.04 deg and 0.07 mm). Its height stays the template knees' mean
+    # pose, 2.5 mm off for these 16 knees (sampling error), so the raw median in mm is not
+    # asserted here (docs/preprocess.md reports it on two 200-subject cohorts).
+    assert figures["template_frame"]["status"] == "found"
+    offset = figures["global_offset_deg_row_col"]
+    assert abs(offset[0]) < 0.3 and abs(offset[2]) < 0.5
+    assert figures["raw_median_deg"] <= 0.5
+    sample_mean = figures["template_knees_true_mean_deg_row_col"]
+    assert abs(offset[1] + sample_mean[1]) < 1.0  # the height: minus the knees' mean, as before
     assert figures["qc_sensitivity"] >= 0.9 and figures["qc_specificity"] >= 0.95
 
 

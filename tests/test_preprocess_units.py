@@ -16,6 +16,8 @@ from kneepain.contracts import N_SLICES, open_cache, read_cache_index
 from kneepain.preprocess import CacheMismatchError, PreprocessConfig, check_cache, quality
 from kneepain.preprocess import cache as cache_io
 from kneepain.preprocess.centre_slice import read_centre_overrides
+from kneepain.preprocess.config import read_config
+from kneepain.preprocess.landmarks import find_anatomical_frame
 from kneepain.preprocess.registration import Pose, register_ecc, resample
 from kneepain.preprocess.series_io import KneeVolume, SeriesError, read_knee_series
 from kneepain.preprocess.template import TemplateKnee, build_templates, fit_knee
@@ -194,7 +196,9 @@ class TestUnbiasedTemplate:
         is the group's mean pose: each knee's fitted pose is its true pose minus that mean."""
         half, search = 2, 1
         knees, truth = template_knees(10, half, search)
-        templates, history = build_templates(knees, half, 80, core_half=half, search=search)
+        templates, history, frame = build_templates(knees, half, 80, core_half=half, search=search)
+        assert frame is not None and not frame.found and frame.reason  # blobs: no tibia, frame kept
+        assert frame.record()["status"].startswith("fallback")
         assert templates.shape == (2 * half + 1, 80, 80) and np.isfinite(templates).all()
         last = history[-1]  # the rounds stopped because the last one removed almost nothing
         assert (
@@ -208,6 +212,79 @@ class TestUnbiasedTemplate:
         )
         residual = poses - (truth - truth.mean(axis=0))
         assert np.abs(residual[:, 0]).max() < 0.3 and np.hypot(residual[:, 1], residual[:, 2]).max() < 0.3
+
+
+def knee_templates(
+    rotation_deg: float, shift_row_mm: float, shift_col_mm: float, bone_scale: float
+) -> np.ndarray:
+    """Template-like slices (offsets -3..3, 80 x 80 at 1 mm, zero mean, unit SD) of the synthetic
+    generator's knee anatomy seen through a known pose (docs/contracts.md convention), with the
+    renderer's cortex, drawn at a quarter millimetre and averaged down."""
+    import cv2
+
+    from kneepain.synth.anatomy import TISSUE_INTENSITY, KneeAnatomy, Tissue
+
+    fine, field = 4, 80
+    mm = (np.arange(field * fine) - (field * fine - 1) / 2) / fine
+    row, col = np.meshgrid(mm, mm, indexing="ij")
+    angle = np.deg2rad(rotation_deg)
+    dc, dr = col - shift_col_mm, row - shift_row_mm
+    y = (np.cos(angle) * dc - np.sin(angle) * dr).astype(np.float32)  # anatomical mm, posterior
+    z = (-np.sin(angle) * dc - np.cos(angle) * dr).astype(np.float32)  # superior
+    anatomy = KneeAnatomy(bone_scale=bone_scale)
+    grid = anatomy.grid(y, z)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+    slices = []
+    for offset in range(-3, 4):
+        labels = anatomy.slice_labels(grid, 3.0 * offset)
+        marrow = (labels == Tissue.MARROW).astype(np.uint8)
+        labels[(marrow > 0) & (cv2.erode(marrow, kernel, iterations=fine) == 0)] = Tissue.CORTEX
+        image = cv2.resize(TISSUE_INTENSITY[labels], (field, field), interpolation=cv2.INTER_AREA)
+        slices.append((image - image.mean()) / image.std())
+    return np.stack(slices).astype(np.float32)
+
+
+class TestAnatomicalFrame:
+    @pytest.mark.parametrize(
+        ("pose", "bone_scale"), [((0.0, 0.0, 0.0), 1.0), ((2.0, 1.5, -2.0), 0.9), ((-4.0, 3.0, 3.0), 1.1)]
+    )
+    def test_level_plateau_and_eminence_of_a_posed_knee(
+        self, pose: tuple[float, float, float], bone_scale: float
+    ) -> None:
+        """The plateau's tilt is the knee's rotation and the new centre lies above the eminence
+        (anatomical y = 0), at the old centre's height over the plateau."""
+        frame = find_anatomical_frame(knee_templates(*pose, bone_scale))
+        assert frame.found, frame.reason
+        assert abs(frame.plateau_angle_deg - pose[0]) < 0.3
+        angle = np.deg2rad(pose[0])
+        along = np.array([np.cos(angle), -np.sin(angle)])  # the plateau's direction (col, row)
+        origin = np.array([pose[2], pose[1]])  # the anatomical origin in template mm (col, row)
+        expected = (origin @ along) * along
+        assert np.hypot(frame.shift_col_mm - expected[0], frame.shift_row_mm - expected[1]) < 0.3
+        record = frame.record()
+        assert record["status"] == "found" and record["plateau_points"] >= 12
+
+    def test_odd_images_fall_back_with_a_reason(self) -> None:
+        blank = np.zeros((7, 80, 80), np.float32)
+        assert not find_anatomical_frame(blank).found
+        blobs = np.stack([blob_image((80, 80), (1.0, 1.0), Pose(), seed=s) for s in range(7)])
+        frame = find_anatomical_frame(blobs)
+        assert not frame.found and frame.reason and np.allclose(frame.matrix(), Pose().matrix())
+        small = find_anatomical_frame(np.zeros((3, 40, 40), np.float32))
+        assert not small.found and "too small" in small.reason
+
+    def test_unknown_frame_is_refused_and_old_configs_read_as_group_mean(self, tmp_path: Path) -> None:
+        knees, _ = template_knees(2, 1, 1)
+        with pytest.raises(ValueError, match="template frame 'mean'"):
+            build_templates(knees, 1, 80, frame="mean")
+        stored = PreprocessConfig().to_json() | {"version": 2}
+        stored.pop("template_frame")
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps(stored))
+        old = read_config(path)
+        assert old.template_frame == "group_mean"
+        with pytest.raises(CacheMismatchError, match="template_frame"):
+            cache_io.check_same_config(old, PreprocessConfig(), path)
 
 
 class TestQuality:

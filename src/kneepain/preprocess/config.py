@@ -13,7 +13,7 @@ import numpy as np
 from kneepain import __version__
 from kneepain.contracts import HALF_SLICES, IMAGE_SIZE
 
-CONFIG_VERSION = 2  # 2: affine fit (rigid part kept), unbiased template
+CONFIG_VERSION = 3  # 2: affine fit (rigid part kept), unbiased template; 3: anatomical template frame
 INFORMATIVE_KEYS = ("package_version", "subjects")  # stored with the cache, not part of the configuration
 
 
@@ -40,6 +40,7 @@ class PreprocessConfig:
     intensity_percentile: float = 99.5  # per knee: this percentile of the crop maps to 1.0
     no_register_first_slice: int = 7  # 0-based: the paper's ablation used slices 8-30 (1-based)
     template_subjects: int = 40  # knee pairs (first ids) the template is averaged over
+    template_frame: str = "anatomical"  # "anatomical" (tibial landmarks) or "group_mean" (template.py)
     centre_search: int = 4  # slices either side of the initial guess searched by stack matching
     qc: dict[str, float] = field(
         default_factory=lambda: {
@@ -74,6 +75,8 @@ class PreprocessConfig:
         data["crop_centre_mm"] = tuple(data["crop_centre_mm"])
         if int(data.get("version", 1)) < 2:
             data.setdefault("registration_motion", "rigid")  # what version 1 caches were made with
+        if int(data.get("version", 1)) < 3:
+            data.setdefault("template_frame", "group_mean")  # what version 1-2 caches were made with
         return cls(**data)
 
     def fingerprint(self) -> dict[str, Any]:

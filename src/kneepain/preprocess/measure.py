@@ -72,10 +72,12 @@ def measure_against_truth(work: Path, truth_dir: Path) -> dict[str, Any]:
 
 
 def _template_sample(paths: WorkPaths, truth: pd.DataFrame) -> dict[str, Any]:
-    """The mean true pose of the knees the template was built from, when it was built here.
+    """The mean true pose of the knees the template was built from, when it was built here, and
+    the anatomical frame the template was moved to (``template_frame``, from template.json).
 
-    An unbiased template's frame is those knees' mean pose, so the raw global offset should be
-    minus this mean; what is left (``frame_offset_unexplained``) is the method's own bias.
+    An unbiased template's frame is those knees' mean pose, so with the group's frame the raw
+    global offset should be minus this mean; with the anatomical frame only its height (row)
+    still is, the rotation and the anteroposterior shift (col) come from the landmarks.
     """
     record_path = paths.preprocess / "template.json"
     if not record_path.exists():
@@ -88,6 +90,7 @@ def _template_sample(paths: WorkPaths, truth: pd.DataFrame) -> dict[str, Any]:
     sample = truth[truth["subject_id"].isin(subjects)]
     mean = [float(sample[c].mean()) for c in ("rotation_deg", "shift_row_mm", "shift_col_mm")]
     return {
+        "template_frame": record.get("anatomical_frame", {"status": "group mean (frame not recorded)"}),
         "template_knees": len(sample),
         "template_knees_true_mean_deg_row_col": [round(v, 3) for v in mean],
     }

@@ -204,6 +204,7 @@ def _template_record(config: PreprocessConfig) -> dict[str, Any]:
         "template_field_mm": config.template_field_mm,
         "template_subjects": config.template_subjects,
         "registration_motion": config.registration_motion,
+        "template_frame": config.template_frame,
     }
 
 
@@ -219,6 +220,7 @@ def _check_template_record(path: Path, config: PreprocessConfig) -> None:
     if record.get("source", "built") != "built":
         return  # a template given with --template: only its shape is checked
     wanted = _template_record(config)
+    record.setdefault("template_frame", "group_mean")  # records from before the anatomical frame
     differing = sorted(k for k, v in wanted.items() if k in record and record[k] != v)
     if differing:
         raise CacheMismatchError(
@@ -249,16 +251,19 @@ def _build_templates(
         raise PreprocessInputError(
             f"{WorkPaths(work).series_table}: no readable series to build a template from"
         )
-    templates, history = build_templates(
+    templates, history, frame = build_templates(
         knees,
         config.half_slices,
         config.template_field_mm,
         core_half=config.knee_pose_half,
         search=TEMPLATE_SEARCH,
         motion=config.registration_motion,
+        frame=config.template_frame,
         map_function=workers.map,
     )
     record = _template_record(config) | {"source": "built", "knees": len(knees), "rounds": history}
+    if frame is not None:
+        record["anatomical_frame"] = frame.record()
     return templates, record
 
 

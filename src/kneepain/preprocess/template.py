@@ -16,7 +16,12 @@ built the way unbiased atlases are:
    (exactly, as composition is linear in the fit): the frame is the group's mean pose, not any
    one knee's; the median keeps knees with artifacts from printing into the template;
 4. rounds repeat until the ``M`` removed is within 0.25 mm / 0.25 degrees / 0.5% scale of the
-   identity (what is left after that is an order of magnitude smaller), at most three.
+   identity (what is left after that is an order of magnitude smaller), at most three;
+5. ``frame="anatomical"``: the tibial plateau and eminence are found in the result
+   (``landmarks.py``) and the templates are made once more through every knee's fit composed with
+   that frame, so the plateau is level and the canonical centre lies above the eminence; the
+   height stays the group's. When the landmarks are not found the group's frame is kept and the
+   reason recorded.
 
 One fit per knee (not per slice) aligns all 23 offsets with the same map, so the 23 template
 frames agree by construction. With n knees whose poses scatter by s, the frame sits about s /
@@ -34,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from kneepain.preprocess.centre_slice import match_centre
+from kneepain.preprocess.landmarks import AnatomicalFrame, find_anatomical_frame
 from kneepain.preprocess.registration import (
     WORK_SPACING_MM,
     Pose,
@@ -50,6 +56,7 @@ MAX_ROUNDS = 3
 # second round removed 0.15 deg / 0.08 mm / 0.3% scale and a third would have removed 0.02 deg /
 # 0.015 mm / 0.08%), so the rounds stop there.
 CONVERGED_MM, CONVERGED_DEG, CONVERGED_SCALE = 0.25, 0.25, 0.005
+FRAMES = ("anatomical", "group_mean")
 OUTLIER_MADS = 5.0  # a knee whose fit departs this many robust SDs from the group is left out
 
 MapFunction = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]
@@ -101,15 +108,19 @@ def build_templates(
     search: int = 2,
     motion: str = "affine",
     rounds: int = MAX_ROUNDS,
+    frame: str = "anatomical",
     map_function: MapFunction = map,
-) -> tuple[np.ndarray, list[dict[str, Any]]]:
+) -> tuple[np.ndarray, list[dict[str, Any]], AnatomicalFrame | None]:
     """Unbiased templates (2 half + 1, field, field) float32 from the knees' slice windows.
 
     ``map_function`` runs the per-knee fits (``map`` here, a process pool's ``map`` in the stage).
-    Returns the templates and, per round, the group's mean fit that the round removed
-    (rotation_deg, shift_row_mm, shift_col_mm, scale) and the number of knees used.
-    Raises ValueError when no knee has a full window.
+    Returns the templates; per round, the group's mean fit that the round removed
+    (rotation_deg, shift_row_mm, shift_col_mm, scale) and the number of knees used; and, for
+    ``frame="anatomical"``, the landmark frame applied (``found`` False: group frame kept).
+    Raises ValueError when no knee has a full window or ``frame`` is unknown.
     """
+    if frame not in FRAMES:
+        raise ValueError(f"template frame {frame!r}: expected one of {FRAMES}")
     knees = [k for k in knees if k.centre - half >= 0 and k.centre + half < k.volume.n_slices]
     if not knees:
         raise ValueError("no knee with a full slice window to build the registration template from")
@@ -150,7 +161,14 @@ def build_templates(
             and abs(scale - 1.0) < CONVERGED_SCALE
         ):
             break
-    return templates.astype(np.float32), history
+    anatomical = None
+    if frame == "anatomical":
+        anatomical = find_anatomical_frame(templates)
+        if anatomical.found:  # resample the knees once more (not the template: one interpolation)
+            to_template = anatomical.matrix()
+            fits = [None if f is None else compose(f, to_template) for f in fits]
+            templates = _median_template(knees, fits, half, field_px)
+    return templates.astype(np.float32), history, anatomical
 
 
 def _sample(image: np.ndarray, spacing: tuple[float, float], fit: np.ndarray, field: int) -> np.ndarray:
