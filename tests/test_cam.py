@@ -21,12 +21,18 @@ from typer.testing import CliRunner
 from kneepain.cam.compute import CamInputError, CamOutputs, read_cam_outputs, read_run
 from kneepain.cam.localization import (
     area_above_half,
+    cells_to_pixels,
+    chance_hit_rate,
+    constant_point_hits,
     energy_share,
     folder_mask_source,
+    hit_at,
     hot_spot,
     lesion_at_hot_spot,
     localize,
+    peak_location,
     pointing_hit,
+    reachable_cells,
     summarize,
 )
 from kneepain.cam.stage import run_cam_stage
@@ -128,7 +134,11 @@ def test_stage_writes_out_of_fold_maps_best_slices_and_overlays(tmp_path: Path) 
             saturation = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)[..., 1]
             assert saturation.max() > 200  # a coloured heat map is drawn, not only grey
     assert summary["pointing_hit_rate_correct"] == 1.0
+    assert summary["pointing_hit_rate_correct_ours"] == 1.0
     assert summary["pointing_n_correct"] == 3
+    # each subject's lesion is on another slice: no fixed (slice, cell) learned on the others can hit
+    assert summary["pointing_hit_rate_correct_constant"] == 0.0
+    assert 0 < summary["pointing_hit_rate_correct_chance"] < 0.01
     assert 0 < summary["area_above_half_pct_mean"] < 5  # one hot cell of 784
     lesions = pd.read_csv(run / "cam" / "lesion_table.csv")
     bml = lesions.set_index("lesion").loc["bone_marrow_lesion"]
@@ -144,6 +154,9 @@ def test_localization_misses_a_lesion_two_cells_away(tmp_path: Path) -> None:
     far = localize(outputs, folder_mask_source(write_masks(tmp_path / "far", offset=(24, 0))))
     assert near["hit"].tolist() == [True] * 4
     assert far["hit"].tolist() == [False] * 4
+    assert near["hit_ours"].tolist() == [True] * 4
+    assert far["hit_ours"].tolist() == [False] * 4
+    assert near["lesion_ours"].tolist() == ["bone_marrow_lesion"] * 4
     assert far["lesion"].tolist() == ["none"] * 4
     assert (far["energy_share_slice"] < near["energy_share_slice"]).all()
 
@@ -267,3 +280,69 @@ def test_difference_map_finds_the_lesion_that_shared_anatomy_hides() -> None:
     summary = summarize(table, "kneenet", [28, 28])
     assert summary["pointing_hit_rate_correct"] == 0.0
     assert summary["pointing_hit_rate_correct_difference"] == 1.0
+
+
+def test_ours_takes_the_focal_peak_not_the_warm_slice() -> None:
+    # The painful (left) knee's difference map is warm all over slice 20 (highest mean) but its
+    # strongest single cell is at slice 6, over the lesion; the other knee is flat.
+    cams = np.zeros((1, 2, 23, 8, 8), dtype=np.float32)
+    cams[0, 0, 20] = 1.0
+    cams[0, 0, 6, 5, 2] = 4.0
+    labels = np.zeros((23, 224, 224), dtype=np.uint8)
+    labels[6, 5 * 28 : 6 * 28, 2 * 28 : 3 * 28] = 3
+    index = pd.DataFrame(
+        {"subject_id": ["9000001"], "painful_side": ["left"], "correct": [True], "best_slice": [20]}
+    )
+    table = localize(CamOutputs(Path("."), cams, index, {}, None), lambda s, side: labels)
+    row = table.iloc[0]
+    assert row["best_slice_difference"] == 20 and not row["hit_difference"]
+    assert row["best_slice_ours"] == 6 and row["hit_ours"]
+    assert row["lesion_ours"] == "hoffa_synovitis"
+    centre = cells_to_pixels((5, 2), (8, 8), (224, 224))
+    assert (row["hot_spot_row_ours"], row["hot_spot_col_ours"]) == pytest.approx(centre, abs=0.1)
+
+
+def test_sub_cell_peak_leans_toward_the_stronger_neighbour() -> None:
+    maps = np.zeros((3, 8, 8), dtype=np.float32)
+    maps[1, 3, 3], maps[1, 3, 4] = 1.0, 0.9  # the evidence peak lies between cells 3 and 4
+    k, row, col = peak_location(maps)
+    assert (k, row) == (1, pytest.approx(3.0))
+    assert col == pytest.approx((3 * 1.0 + 4 * 0.9) / 1.9)
+    spot = cells_to_pixels((row, col), (8, 8), (224, 224))
+    cell_centre = cells_to_pixels((3, 3), (8, 8), (224, 224))
+    lesion = np.zeros((224, 224), dtype=bool)
+    lesion[int(spot[0]), int(cell_centre[1] + 28) + 2] = True  # just past one cell from the cell centre
+    assert hit_at(lesion, spot, (28.0, 28.0))
+    assert not pointing_hit(maps[1], lesion)  # the upsampled maximum stays at the cell centre
+
+
+def test_tolerance_is_one_exact_cell_when_the_map_does_not_divide_the_slice() -> None:
+    cell = (224 / 12, 224 / 12)  # 18.67 pixels
+    spot = (100.0, 100.0)
+    inside, outside = np.zeros((224, 224), bool), np.zeros((224, 224), bool)
+    inside[100, 100 + int(cell[1])] = True  # 18 pixels away
+    outside[100, 100 + int(cell[1]) + 1] = True  # 19 pixels: more than one cell
+    assert hit_at(inside, spot, cell) and not hit_at(outside, spot, cell)
+    assert not hit_at(inside, spot, cell, tolerance_cells=0)
+
+
+def test_baselines_a_constant_point_and_chance() -> None:
+    shared = np.zeros((23, 224, 224), dtype=np.uint8)
+    shared[11, 100:110, 100:110] = 1  # the same anatomy in three knees
+    elsewhere = np.zeros_like(shared)
+    elsewhere[3, 10:20, 200:210] = 2
+    grids = [reachable_cells(v, (8, 8)) for v in (shared, shared, shared, elsewhere)]
+    assert constant_point_hits(grids).tolist() == [1.0, 1.0, 1.0, 0.0]
+    # two knees, two places: leaving either out makes the other's place the only choice
+    assert constant_point_hits(grids[2:]).tolist() == [0.0, 0.0]
+    single = np.zeros((2, 224, 224), dtype=np.uint8)
+    single[0, 112, 112] = 5
+    window = (2 * 28 + 1) ** 2  # pixels within one 28-pixel cell of the lesion pixel
+    assert chance_hit_rate(single, (8, 8)) == pytest.approx(window / (224 * 224) / 2)
+
+
+def test_tolerance_zero_between_pixels_is_the_pixel_under_the_spot() -> None:
+    lesion = np.zeros((224, 224), bool)
+    lesion[98, 40] = True
+    assert hit_at(lesion, (97.6, 40.4), (28.0, 28.0), tolerance_cells=0)
+    assert not hit_at(lesion, (97.4, 40.4), (28.0, 28.0), tolerance_cells=0)

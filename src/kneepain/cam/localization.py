@@ -44,35 +44,151 @@ def hot_spot(cam: np.ndarray, size: tuple[int, int]) -> tuple[int, int]:
     return int(row), int(col)
 
 
-def _window(cam: np.ndarray, size: tuple[int, int], tolerance_cells: int) -> tuple[slice, slice]:
-    """The pixels within ``tolerance_cells`` CAM cells (Chebyshev distance) of the hot spot."""
-    row, col = hot_spot(cam, size)
-    cell_rows = int(np.ceil(size[0] / cam.shape[0])) * tolerance_cells
-    cell_cols = int(np.ceil(size[1] / cam.shape[1])) * tolerance_cells
+def cell_size(map_shape: tuple[int, int], size: tuple[int, int]) -> tuple[float, float]:
+    """Pixels per CAM cell along rows and columns when a map of ``map_shape`` covers ``size``."""
+    return size[0] / map_shape[0], size[1] / map_shape[1]
+
+
+def _window(
+    spot: tuple[float, float], cell: tuple[float, float], tolerance_cells: int, size: tuple[int, int]
+) -> tuple[slice, slice]:
+    """The pixels whose centres lie within ``tolerance_cells`` cells (Chebyshev) of ``spot``.
+
+    ``spot`` may fall between pixels (a sub-cell peak); a map size that does not divide the slice
+    (12 cells over 224 pixels) gets its exact cell width, not a rounded one. At tolerance 0 the
+    window is the pixel under the spot.
+    """
+
+    def axis(centre: float, reach: float, length: int) -> slice:
+        low, high = int(np.ceil(centre - reach)), int(np.floor(centre + reach))
+        if low > high:  # no pixel centre that close (tolerance 0 between pixels): the nearest pixel
+            low = high = round(centre)
+        return slice(max(low, 0), min(high + 1, length))
+
     return (
-        slice(max(row - cell_rows, 0), row + cell_rows + 1),
-        slice(max(col - cell_cols, 0), col + cell_cols + 1),
+        axis(spot[0], cell[0] * tolerance_cells, size[0]),
+        axis(spot[1], cell[1] * tolerance_cells, size[1]),
     )
+
+
+def hit_at(
+    mask: np.ndarray, spot: tuple[float, float], cell: tuple[float, float], tolerance_cells: int = 1
+) -> bool:
+    """Pointing game at a given spot (pixels): is a mask pixel within ``tolerance_cells`` cells of it?"""
+    rows, cols = _window(spot, cell, tolerance_cells, mask.shape)
+    return bool(np.asarray(mask, dtype=bool)[rows, cols].any())
+
+
+def lesion_at(
+    labels: np.ndarray, spot: tuple[float, float], cell: tuple[float, float], tolerance_cells: int = 1
+) -> int:
+    """Lesion code at ``spot``; else the most frequent code within the tolerance; 0 when none.
+
+    Ties between codes go to the lower code, so the answer is deterministic.
+    """
+    row = min(max(round(spot[0]), 0), labels.shape[0] - 1)
+    col = min(max(round(spot[1]), 0), labels.shape[1] - 1)
+    if labels[row, col]:
+        return int(labels[row, col])
+    rows, cols = _window(spot, cell, tolerance_cells, labels.shape)
+    near = labels[rows, cols]
+    codes = near[near > 0]
+    return int(np.bincount(codes).argmax()) if codes.size else 0
 
 
 def pointing_hit(cam: np.ndarray, mask: np.ndarray, tolerance_cells: int = 1) -> bool:
     """Pointing game: is the CAM maximum on the mask, or within ``tolerance_cells`` CAM cells of it?"""
-    rows, cols = _window(cam, mask.shape, tolerance_cells)
-    return bool(np.asarray(mask, dtype=bool)[rows, cols].any())
+    spot = hot_spot(cam, mask.shape)
+    return hit_at(mask, spot, cell_size(cam.shape, mask.shape), tolerance_cells)
 
 
 def lesion_at_hot_spot(cam: np.ndarray, labels: np.ndarray, tolerance_cells: int = 1) -> int:
-    """Lesion code under the hot spot; else the most frequent code within the tolerance; 0 when none.
+    """Lesion code under the upsampled CAM's maximum; else the most frequent code within the tolerance."""
+    spot = hot_spot(cam, labels.shape)
+    return lesion_at(labels, spot, cell_size(cam.shape, labels.shape), tolerance_cells)
 
-    Ties between codes go to the lower code, so the answer is deterministic.
+
+def peak_location(maps: np.ndarray) -> tuple[int, float, float]:
+    """The maximum of (S, h, w) maps over all slices: its slice and its sub-cell (row, col) in cells.
+
+    The maximal cell is refined to the centroid of its 3 x 3 neighbourhood, weighted by how far
+    each value lies above the neighbourhood's minimum: the evidence peak between cell centres
+    rather than the centre of the hottest cell (a standard sub-pixel peak estimate).
     """
-    row, col = hot_spot(cam, labels.shape)
-    if labels[row, col]:
-        return int(labels[row, col])
-    rows, cols = _window(cam, labels.shape, tolerance_cells)
-    near = labels[rows, cols]
-    codes = near[near > 0]
-    return int(np.bincount(codes).argmax()) if codes.size else 0
+    maps = np.asarray(maps, dtype=np.float32)
+    k, row, col = (int(v) for v in np.unravel_index(int(np.argmax(maps)), maps.shape))
+    rows = slice(max(row - 1, 0), min(row + 2, maps.shape[1]))
+    cols = slice(max(col - 1, 0), min(col + 2, maps.shape[2]))
+    patch = maps[k, rows, cols].astype(np.float64)
+    weights = patch - patch.min()
+    if not np.isfinite(weights).all() or weights.sum() <= 0:
+        return k, float(row), float(col)
+    grid_rows, grid_cols = np.mgrid[rows, cols]
+    total = weights.sum()
+    return k, float((grid_rows * weights).sum() / total), float((grid_cols * weights).sum() / total)
+
+
+def cells_to_pixels(
+    position: tuple[float, float], map_shape: tuple[int, int], size: tuple[int, int]
+) -> tuple[float, float]:
+    """A (row, col) position in map cells (cell centres at integers) as a pixel position on the slice."""
+    cell = cell_size(map_shape, size)
+    return (position[0] + 0.5) * cell[0] - 0.5, (position[1] + 0.5) * cell[1] - 0.5
+
+
+def reachable_cells(labels: np.ndarray, map_shape: tuple[int, int], tolerance_cells: int = 1) -> np.ndarray:
+    """(S, h, w) bool: would a hot spot at this cell's centre score a pointing-game hit on ``labels``?
+
+    The same windows as :func:`hit_at`, counted for all cells at once from a summed-area table.
+    """
+    size = labels.shape[-2:]
+    cell = cell_size(map_shape, size)
+    lesion = (np.asarray(labels) > 0).astype(np.int32)
+    table = np.zeros((lesion.shape[0], size[0] + 1, size[1] + 1), dtype=np.int64)
+    table[:, 1:, 1:] = lesion.cumsum(axis=1).cumsum(axis=2)
+    centres = [cells_to_pixels((i, i), map_shape, size) for i in range(max(map_shape))]
+    rows = [_window((centres[r][0], 0.0), cell, tolerance_cells, size)[0] for r in range(map_shape[0])]
+    cols = [_window((0.0, centres[c][1]), cell, tolerance_cells, size)[1] for c in range(map_shape[1])]
+    r0, r1 = np.array([w.start for w in rows]), np.array([w.stop for w in rows])
+    c0, c1 = np.array([w.start for w in cols]), np.array([w.stop for w in cols])
+    counts = (
+        table[:, r1[:, None], c1[None, :]]
+        - table[:, r0[:, None], c1[None, :]]
+        - table[:, r1[:, None], c0[None, :]]
+        + table[:, r0[:, None], c0[None, :]]
+    )
+    return counts > 0
+
+
+def chance_hit_rate(labels: np.ndarray, map_shape: tuple[int, int], tolerance_cells: int = 1) -> float:
+    """Expected pointing-game hit rate of a uniformly random pixel on a uniformly random slice."""
+    import cv2
+
+    cell = cell_size(map_shape, labels.shape[-2:])
+    reach = [int(np.floor(c * tolerance_cells)) for c in cell]  # whole pixels within the tolerance
+    kernel = np.ones((2 * reach[0] + 1, 2 * reach[1] + 1), np.uint8)
+    lesion = (np.asarray(labels) > 0).astype(np.uint8)
+    return float(np.mean([cv2.dilate(s, kernel).mean() for s in lesion]))
+
+
+def constant_point_hits(reachable: list[np.ndarray]) -> np.ndarray:
+    """CAM-free baseline, leave one out: does the (slice, cell) most often reachable in the others hit?
+
+    ``reachable`` holds each subject's :func:`reachable_cells`. Registration puts every knee's
+    anatomy at the same place, so a single fixed point can score well without looking at the
+    image; a localization figure means something only above this one. Points tied for the most
+    frequent count as a random pick among them (the subject's expected hit, 0..1), so that leaving
+    one subject out does not hand a tie to whichever point comes first.
+    """
+    if not reachable:
+        return np.zeros(0, dtype=np.float64)
+    stack = np.stack(reachable).reshape(len(reachable), -1).astype(np.int32)
+    total = stack.sum(axis=0)
+    hits = np.zeros(len(stack), dtype=np.float64)
+    for i, own in enumerate(stack):
+        others = total - own
+        hits[i] = float(own[others == others.max()].mean())
+    return hits
 
 
 def energy_share(cams: np.ndarray, mask: np.ndarray) -> float:
@@ -148,19 +264,42 @@ def difference_maps(cams: np.ndarray, knee: int) -> tuple[np.ndarray, int]:
     return difference, int(np.argmax(difference.mean(axis=(1, 2))))
 
 
+def ours_hot_spot(difference: np.ndarray, size: tuple[int, int]) -> tuple[int, tuple[float, float]]:
+    """Our rule: the difference map's maximum over all slices, refined between cells (pixels on ``size``).
+
+    The slice is the one holding the strongest side-specific evidence (not the highest mean,
+    which favours slices whose whole map is warm), and the spot is the sub-cell peak
+    (:func:`peak_location`), so nothing but the maps decides where the model points.
+    """
+    k, row, col = peak_location(difference)
+    return k, cells_to_pixels((row, col), difference.shape[-2:], size)
+
+
+def _lesion_name(code: int) -> str:
+    return LESIONS.get(code, f"code_{code}") if code else NO_LESION
+
+
 def localize(outputs: CamOutputs, masks: MaskSource | None, tolerance_cells: int = 1) -> pd.DataFrame:
     """Per test subject: pointing game, energy share and lesion under the hot spot on the painful knee.
 
-    Uses the subject's map (best slice of the painful knee, the paper's rule) and, in the
-    ``*_difference`` columns, the difference map (:func:`difference_maps`). A subject without a
-    truth mask, or whose painful knee has no lesion, is kept with ``excluded`` saying why and no
+    Three rules, all on the painful knee's truth mask: the paper's (best slice of the painful
+    knee's map, its upsampled maximum: columns without suffix), the difference map with the slice
+    of highest mean (``*_difference``, :func:`difference_maps`) and ours (``*_ours``,
+    :func:`ours_hot_spot`). Two CAM-free baselines put the rates in context: ``chance_hit`` (a random
+    pixel on a random slice, expected) and ``hit_constant`` (one fixed slice and cell, chosen on the
+    other measured subjects, :func:`constant_point_hits`; an expected hit, 0..1). A subject without
+    a truth mask, or whose painful knee has no lesion, is kept with ``excluded`` saying why and no
     measurements; with ``masks=None`` only the area is measured.
     """
     records = []
+    reachable: list[np.ndarray] = []
+    measured_rows: list[int] = []
+    map_shape = tuple(int(v) for v in outputs.cams.shape[-2:])
     for position, row in enumerate(outputs.index.itertuples(index=False)):
         knee = KNEES.index(row.painful_side)
         k = int(row.best_slice)
         difference, k_difference = difference_maps(np.asarray(outputs.cams[position]), knee)
+        k_ours, spot_ours = ours_hot_spot(difference, (IMAGE_SIZE, IMAGE_SIZE))
         record: dict[str, Any] = {
             "subject_id": row.subject_id,
             "painful_side": row.painful_side,
@@ -176,6 +315,13 @@ def localize(outputs: CamOutputs, masks: MaskSource | None, tolerance_cells: int
             "hit_difference": np.nan,
             "energy_share_slice_difference": np.nan,
             "lesion_difference": "",
+            "best_slice_ours": k_ours,
+            "hot_spot_row_ours": round(spot_ours[0], 1),
+            "hot_spot_col_ours": round(spot_ours[1], 1),
+            "hit_ours": np.nan,
+            "lesion_ours": "",
+            "chance_hit": np.nan,
+            "hit_constant": np.nan,
             "excluded": "",
         }
         labels = masks(row.subject_id, row.painful_side) if masks is not None else None
@@ -193,17 +339,27 @@ def localize(outputs: CamOutputs, masks: MaskSource | None, tolerance_cells: int
                 energy_share_slice=energy_share(cam, labels[k] > 0),
                 energy_share_volume=energy_share(np.asarray(outputs.cams[position, knee]), labels > 0),
                 lesion_code=code,
-                lesion=LESIONS.get(code, f"code_{code}") if code else NO_LESION,
+                lesion=_lesion_name(code),
             )
             d_map, d_labels = difference[k_difference], labels[k_difference]
-            d_code = lesion_at_hot_spot(d_map, d_labels, tolerance_cells)
             record.update(
                 hit_difference=pointing_hit(d_map, d_labels > 0, tolerance_cells),
                 energy_share_slice_difference=energy_share(d_map, d_labels > 0),
-                lesion_difference=LESIONS.get(d_code, f"code_{d_code}") if d_code else NO_LESION,
+                lesion_difference=_lesion_name(lesion_at_hot_spot(d_map, d_labels, tolerance_cells)),
             )
+            cell = cell_size(map_shape, labels.shape[-2:])
+            record.update(
+                hit_ours=hit_at(labels[k_ours] > 0, spot_ours, cell, tolerance_cells),
+                lesion_ours=_lesion_name(lesion_at(labels[k_ours], spot_ours, cell, tolerance_cells)),
+                chance_hit=chance_hit_rate(labels, map_shape, tolerance_cells),
+            )
+            reachable.append(reachable_cells(labels, map_shape, tolerance_cells))
+            measured_rows.append(position)
         records.append(record)
-    return pd.DataFrame.from_records(records)
+    table = pd.DataFrame.from_records(records)
+    if measured_rows:
+        table.loc[measured_rows, "hit_constant"] = constant_point_hits(reachable)
+    return table
 
 
 def lesion_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -221,7 +377,11 @@ def lesion_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize(table: pd.DataFrame, backbone: str, map_size: list[int]) -> dict[str, Any]:
-    """Headline numbers: area above 0.5 (mean, SD, %), pointing-game hit rates, energy share, counts."""
+    """Headline numbers: area above 0.5 (mean, SD, %), pointing-game hit rates, energy share, counts.
+
+    The hit rates of the three rules come with the CAM-free baselines (``*_chance``,
+    ``*_constant``): a rule localizes only as far as it beats the constant point.
+    """
     measured = table[table["excluded"] == ""]
     correct = measured[measured["correct"]]
 
@@ -248,4 +408,9 @@ def summarize(table: pd.DataFrame, backbone: str, map_size: list[int]) -> dict[s
         "pointing_hit_rate_correct_difference": rate(correct, "hit_difference"),
         "pointing_hit_rate_all_difference": rate(measured, "hit_difference"),
         "energy_share_slice_mean_difference": mean("energy_share_slice_difference"),
+        "pointing_hit_rate_correct_ours": rate(correct, "hit_ours"),
+        "pointing_hit_rate_all_ours": rate(measured, "hit_ours"),
+        "pointing_hit_rate_correct_chance": float(correct["chance_hit"].mean()) if len(correct) else None,
+        "pointing_hit_rate_correct_constant": float(correct["hit_constant"].mean()) if len(correct) else None,
+        "pointing_hit_rate_all_constant": mean("hit_constant"),
     }
