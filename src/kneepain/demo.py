@@ -124,6 +124,8 @@ def headline_numbers(options: DemoOptions) -> dict[str, Any]:
         "auc_ci_delong": metrics.get("auc_ci_delong"),
         "n": metrics.get("n"),
         "pointing_hit_rate_correct": cams.get("pointing_hit_rate_correct"),
+        "pointing_hit_rate_correct_ours": cams.get("pointing_hit_rate_correct_ours"),
+        "pointing_hit_rate_correct_constant": cams.get("pointing_hit_rate_correct_constant"),
         "area_above_half_pct_mean": cams.get("area_above_half_pct_mean"),
         "report": str(report.resolve()) if report.exists() else None,
     }
@@ -141,7 +143,13 @@ def headline(numbers: dict[str, Any]) -> list[str]:
         lines.append(f"out-of-fold AUC: {numbers['auc']:.3f}{ci}, n = {numbers.get('n', '?')}")
     if numbers.get("pointing_hit_rate_correct") is not None:
         rate = 100 * numbers["pointing_hit_rate_correct"]
-        lines.append(f"CAM hot spot on a true lesion (correct predictions): {rate:.1f}%")
+        lines.append(f"CAM hot spot on a true lesion (correct predictions, paper's rule): {rate:.1f}%")
+        for key, name in (
+            ("pointing_hit_rate_correct_ours", "our rule"),
+            ("pointing_hit_rate_correct_constant", "a fixed point, no CAM (baseline)"),
+        ):
+            if numbers.get(key) is not None:
+                lines.append(f"  {name}: {100 * numbers[key]:.1f}%")
     if numbers.get("report"):
         lines.append(f"report: {numbers['report']}")
     return lines

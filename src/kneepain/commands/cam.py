@@ -64,3 +64,5 @@ def register(app: typer.Typer) -> None:
                 info["pointing (correct, difference map)"] = (
                     f"{100 * summary['pointing_hit_rate_correct_difference']:.1f}%"
                 )
+                info["pointing (correct, ours)"] = f"{100 * summary['pointing_hit_rate_correct_ours']:.1f}%"
+                info["CAM-free fixed point"] = f"{100 * summary['pointing_hit_rate_correct_constant']:.1f}%"

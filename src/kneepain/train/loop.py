@@ -102,21 +102,39 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {},
     ),
     "small": (
-        {"branch": "kneenet", "width": 0.125, "input_size": 64, "combine": "relu_diff", "mode": "joint"},
+        {
+            "branch": "kneenet",
+            "width": 0.125,
+            "input_size": 64,
+            "combine": "relu_diff",
+            "mode": "joint",
+            "head": "shared",
+        },
         {
             "optimizer": "adam",
             "lr": 3e-3,
             "lr_step_epochs": 10,
             "batch_size": 16,
-            "epochs": 15,
-            "patience": 5,
+            "epochs": 20,
+            # A fixed schedule and the averaged weights of its end: with ~20 validation subjects
+            # both best-epoch rules kept uninformative early epochs in some folds (docs/training.md).
+            "patience": 0,
+            "select_on": "last",
+            "ema_decay": 0.95,
             "swap_knees": True,
             "weight_decay": 1e-4,
             "channels_last": True,  # 1.33x on this CPU (docs/training.md); bf16 is 10x slower here
         },
     ),
     "tiny": (
-        {"branch": "kneenet", "width": 0.0625, "input_size": 32, "combine": "relu_diff", "mode": "joint"},
+        {
+            "branch": "kneenet",
+            "width": 0.0625,
+            "input_size": 32,
+            "combine": "relu_diff",
+            "mode": "joint",
+            "head": "shared",
+        },
         {
             "optimizer": "adam",
             "lr": 1e-2,
