@@ -347,3 +347,15 @@ def test_cv_selecting_on_auc_records_it(work: Path, tmp_path: Path) -> None:
     run_cv(work, "by_auc", folds=2, config=(model_config, train_config), show_progress=False)
     info = json.loads((work / "runs" / "by_auc" / "run.json").read_text())
     assert info["training"]["select_on"] == "auc"
+
+
+def test_vgg16_gap_branch_learns_the_toy_task(tmp_path: Path) -> None:
+    """Regression: from PyTorch's default init the 13 plain convolutions never left loss ln 2."""
+    toy = make_work(tmp_path, n=60, size=32, flip=0.05)
+    config = preset(
+        "small", {"branch": "vgg16_gap", "input_size": 32}, {"device": "cpu", "epochs": 10, "seed": 0}
+    )
+    run = run_cv(toy, "vgg", folds=3, seed=0, config=config, show_progress=False)
+    predictions = pd.read_csv(run / "predictions.csv")
+    assert predictions["prob_right"].std() > 0.005  # not the constant output of a dead network
+    assert roc_auc_score(predictions["label"], predictions["prob_right"]) > 0.75

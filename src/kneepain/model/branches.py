@@ -80,6 +80,12 @@ class VGG16GAP(nn.Module):
                 c_in = c_out
         self.features = nn.Sequential(*layers)
         self.out_channels = c_in
+        # torchvision's VGG initialisation: 13 convolutions without batch norm do not train from
+        # PyTorch's default init (the loss stayed at ln 2: every ReLU output died).
+        for layer in self.features:
+            if isinstance(layer, nn.Conv2d):
+                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
