@@ -246,7 +246,7 @@ def test_cv_learns_the_toy_task_and_writes_the_run(work: Path) -> None:
 @pytest.mark.parametrize("head", ["location", "shared"])
 def test_paper_mode_runs_end_to_end(work: Path, head: str) -> None:
     model_config, train_config = preset(
-        "tiny", {"mode": "paper", "head": head}, {"device": "cpu", "epochs": 2}
+        "tiny", {"mode": "paper", "head": head}, {"device": "cpu", "epochs": 1}
     )
     run = run_cv(
         work, f"paper_{head}", folds=2, model="B", config=(model_config, train_config), show_progress=False
