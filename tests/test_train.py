@@ -331,7 +331,7 @@ def test_weight_average_is_what_training_keeps(work: Path, tmp_path: Path) -> No
     assert [e["epoch"] for e in log] == [1, 2, 3]
     for key, value in averaged.state_dict().items():
         torch.testing.assert_close(value, raw[f"ema.module.{key}"], rtol=0, atol=0)
-        torch.testing.assert_close(value, raw[f"best.{key}"], rtol=0, atol=0)
+    assert not any(key.startswith("best.") for key in raw)  # the last epoch's average is not stored twice
     moved = [k for k, v in averaged.state_dict().items() if v.is_floating_point() and "weight" in k]
     assert any(not torch.equal(averaged.state_dict()[k], raw[f"model.{k}"]) for k in moved)
     with pytest.raises(ValueError, match="ema_decay"):

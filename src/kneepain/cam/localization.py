@@ -388,8 +388,8 @@ def summarize(table: pd.DataFrame, backbone: str, map_size: list[int]) -> dict[s
     def rate(frame: pd.DataFrame, column: str = "hit") -> float | None:
         return float(frame[column].astype(bool).mean()) if len(frame) else None
 
-    def mean(column: str) -> float | None:
-        return float(measured[column].mean()) if len(measured) else None
+    def mean(column: str, frame: pd.DataFrame = measured) -> float | None:
+        return float(frame[column].mean()) if len(frame) else None
 
     area = 100.0 * table["area_above_half"]
     return {
@@ -410,7 +410,7 @@ def summarize(table: pd.DataFrame, backbone: str, map_size: list[int]) -> dict[s
         "energy_share_slice_mean_difference": mean("energy_share_slice_difference"),
         "pointing_hit_rate_correct_ours": rate(correct, "hit_ours"),
         "pointing_hit_rate_all_ours": rate(measured, "hit_ours"),
-        "pointing_hit_rate_correct_chance": float(correct["chance_hit"].mean()) if len(correct) else None,
-        "pointing_hit_rate_correct_constant": float(correct["hit_constant"].mean()) if len(correct) else None,
+        "pointing_hit_rate_correct_chance": mean("chance_hit", correct),
+        "pointing_hit_rate_correct_constant": mean("hit_constant", correct),
         "pointing_hit_rate_all_constant": mean("hit_constant"),
     }

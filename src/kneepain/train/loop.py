@@ -398,6 +398,7 @@ def fit(
     best: dict[str, torch.Tensor] | None = None
     history: list[dict[str, Any]] = []
     averaged = _moving_average(module, config.ema_decay)
+    keep_last = val is None or config.select_on == "last"
     if resume:
         tensors, record = load_checkpoint(out_dir)
         module.load_state_dict(_prefixed(tensors, "model."))
@@ -476,13 +477,12 @@ def fit(
             if score < progress_state.get("best_score", progress_state["best_val_loss"]):
                 progress_state.update(best_val_loss=val_loss, best_score=score, best_epoch=epoch)
                 progress_state["bad_epochs"] = 0
-                best = _cpu_state(kept)
+                if not keep_last:  # the last epoch's weights are the model (or its average) itself
+                    best = _cpu_state(kept)
             else:
                 progress_state["bad_epochs"] += 1
         else:
             progress_state["best_epoch"] = epoch
-            if averaged is not None:
-                best = _cpu_state(kept)
         progress_state["epoch"] = epoch
         history.append(
             {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in entry.items()}
@@ -490,7 +490,10 @@ def fit(
         if dist.is_main:
             save_checkpoint(out_dir, module, optimizer, scheduler, progress_state, best, averaged)
             write_text(out_dir / METRICS_LOG, "".join(json.dumps(h) + "\n" for h in history))
-    if best is not None:
+    if keep_last:
+        if averaged is not None:
+            module.load_state_dict(averaged.module.state_dict())
+    elif best is not None:
         module.load_state_dict(best)
     return FitResult(
         epochs_run=epoch,

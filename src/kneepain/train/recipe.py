@@ -193,9 +193,14 @@ def fit_fusion(
         x, y = torch.cat([x, xs]), torch.cat([y, ys])
     n_slices = model.config.n_locations
     shared = model.config.head == "shared"
+
+    def head_input(features: torch.Tensor) -> torch.Tensor:
+        """The shared head's one weight vector sees the locations' features summed."""
+        return features.reshape(features.shape[0], n_slices, -1).sum(dim=1) if shared else features
+
+    x = head_input(x)
     with torch.no_grad():
-        if shared:  # one weight vector for all locations: fit it on the locations' summed features
-            x = x.reshape(x.shape[0], n_slices, -1).sum(dim=1)
+        if shared:
             heads_w = torch.stack([h.weight for h in model.location_heads]).mean(0) / n_slices
         else:
             heads_w = torch.cat([h.weight for h in model.location_heads], dim=1) / n_slices
@@ -221,8 +226,7 @@ def fit_fusion(
     record: dict[str, Any] = {"train_loss": final, "seconds": time.perf_counter() - start}
     if val is not None:
         xv, yv = extract_features(model, cache, val, config, device)
-        if shared:
-            xv = xv.reshape(xv.shape[0], n_slices, -1).sum(dim=1)
+        xv = head_input(xv)
         with torch.no_grad():
             record["val_loss"] = float(functional.cross_entropy(xv @ weight.T + bias, yv).item())
     return record
