@@ -80,6 +80,37 @@ def test_cams_decompose_the_logit_difference_exactly(combine: str, mode: str, he
     torch.testing.assert_close(rebuilt, logits[:, 1] - logits[:, 0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("combine", ["relu_diff", "diff"])
+def test_ensemble_averages_members_and_its_cams_still_decompose_the_logit(combine: str, tmp_path) -> None:
+    torch.manual_seed(0)
+    architecture = {"width": 0.0625, "input_size": 32, "mode": "joint", "head": "shared", "combine": combine}
+    ensemble = build_model({**architecture, "members": 3}).eval()
+    torch.manual_seed(0)
+    single = build_model(architecture).eval()
+    assert len(ensemble.members) == 3
+    for key, value in single.state_dict().items():  # member 0 starts where one network would
+        torch.testing.assert_close(ensemble.members[0].state_dict()[key], value, rtol=0, atol=0)
+    assert not torch.equal(
+        ensemble.members[1].branches[0].features[0].weight, single.branches[0].features[0].weight
+    )
+    x = torch.rand(2, 2, 23, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, cams = ensemble.forward_with_cams(x)
+        members = [member.forward_with_cams(x) for member in ensemble.members]
+        torch.testing.assert_close(ensemble(x), logits)
+    torch.testing.assert_close(logits, torch.stack([m[0] for m in members]).mean(0))
+    torch.testing.assert_close(cams, torch.stack([m[1] for m in members]).mean(0))
+    bias = torch.stack([m.classifier.bias[1] - m.classifier.bias[0] for m in ensemble.members]).mean()
+    rebuilt = bias + cams[:, 1].mean(dim=(-2, -1)).sum(1) - cams[:, 0].mean(dim=(-2, -1)).sum(1)
+    torch.testing.assert_close(rebuilt, logits[:, 1] - logits[:, 0], atol=1e-5, rtol=1e-5)
+    loaded, meta = load_bundle(save_bundle(ensemble, {}, tmp_path / "b"))
+    assert meta["architecture"]["members"] == 3 and len(loaded.members) == 3
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.forward_with_cams(x)[1], cams)
+    with pytest.raises(ValueError, match="members >= 1"):
+        build_model({**architecture, "members": 0})
+
+
 def test_shared_head_scores_every_location_with_one_weight_vector(tmp_path) -> None:
     """The shared head has one (2, D) weight; permuting the slice locations leaves its logits unchanged."""
     torch.manual_seed(0)

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from kneepain.train import (
 from kneepain.train.data import CacheBatches, draw_epoch, to_input
 from kneepain.train.folds import SplitError, check_folds
 from kneepain.train.loop import Dist, fit, selection_score
+from kneepain.train.recipe import Part, train_model
 from workfolder import make_work
 
 TINY = {"width": 0.0625, "input_size": 16, "mode": "joint"}
@@ -265,6 +267,61 @@ def test_paper_mode_runs_end_to_end(work: Path, head: str) -> None:
     lines = (run / "fold_00" / "metrics.jsonl").read_text().splitlines()
     assert {json.loads(line).get("location") for line in lines[:-1]} == set(range(23))
     assert json.loads(lines[-1])["fusion"] is True
+
+
+def test_ensemble_members_train_from_their_own_seeds_and_average(work: Path) -> None:
+    model_config, train_config = _tiny(epochs=2, patience=0)
+    single = run_cv(work, "one", folds=2, config=(model_config, train_config), show_progress=False)
+    run = run_cv(
+        work, "three", folds=2, config=(replace(model_config, members=3), train_config), show_progress=False
+    )
+    predictions = pd.read_csv(run / "predictions.csv", dtype={"subject_id": str})
+    alone = pd.read_csv(single / "predictions.csv", dtype={"subject_id": str})
+    ensemble, meta = load_bundle(run / "fold_00" / "bundle")
+    one, _ = load_bundle(single / "fold_00" / "bundle")
+    assert meta["architecture"]["members"] == 3
+    for key, value in one.state_dict().items():  # member 0 is the network a single run trains
+        torch.testing.assert_close(ensemble.members[0].state_dict()[key], value, rtol=0, atol=0)
+    tested = predictions[predictions["fold"] == 0].merge(training_table(work, "A"), on="subject_id")
+    x = to_input(
+        np.array(open_cache(WorkPaths(work).cache_array)[tested["row"].to_numpy()]), meta["input_size"]
+    )
+    with torch.no_grad():
+        logits = torch.stack([member(x) for member in ensemble.members])
+    assert not torch.allclose(logits[0], logits[1])  # other seeds, other networks
+    np.testing.assert_allclose(
+        torch.softmax(logits.mean(0), 1)[:, 1].numpy(), tested["prob_right"], atol=1e-5
+    )
+    assert not predictions.set_index("subject_id")["prob_right"].equals(
+        alone.set_index("subject_id")["prob_right"]
+    )
+    lines = [json.loads(line) for line in (run / "fold_00" / "metrics.jsonl").read_text().splitlines()]
+    assert [(e["member"], e["epoch"]) for e in lines] == [(m, e) for m in range(3) for e in (1, 2)]
+    assert not list((run / "fold_00").glob("member_*"))
+
+
+def test_an_ensemble_resumes_each_member_exactly(work: Path, tmp_path: Path) -> None:
+    cache = open_cache(work / "preprocess" / "cache.npy")
+    train_part, val_part = (
+        Part(np.arange(40), np.arange(40) % 2),
+        Part(np.arange(40, 50), np.arange(40, 50) % 2),
+    )
+
+    def train(out: Path, epochs: int, resume: bool = False) -> torch.nn.Module:
+        model_config, config = _tiny(epochs=epochs, patience=0, batch_size=8)
+        torch.manual_seed(0)
+        model = build_model(replace(model_config, members=2))
+        train_model(
+            model, cache, train_part, val_part, config, out, device=torch.device("cpu"), resume=resume,
+            show_progress=False,
+        )  # fmt: skip
+        return model
+
+    straight = train(tmp_path / "a", epochs=3)
+    train(tmp_path / "b", epochs=1)
+    resumed = train(tmp_path / "b", epochs=3, resume=True)
+    for key, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)
 
 
 # -- bad inputs ---------------------------------------------------------------------------------

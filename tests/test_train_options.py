@@ -22,6 +22,7 @@ GIVEN = {
     "--combine": "diff",
     "--mode": "joint",
     "--head": "shared",
+    "--members": "2",
     "--epochs": "1",
     "--lr": "0.003",
     "--batch-size": "8",
@@ -30,6 +31,7 @@ GIVEN = {
     "--patience": "0",
     "--select-on": "last",
     "--ema-decay": "0.9",
+    "--val-fraction": "0.2",
     "--precision": "fp32",
     "--device": "cpu",
     "--seed": "5",
@@ -74,7 +76,7 @@ def test_every_training_flag_reaches_the_run_record(work: Path, command: list[st
     assert result.exit_code == 0, result.output
     record = json.loads((work / "runs" / name / "run.json").read_text())
     assert record["seed"] == 5
-    architecture = ("branch", "width", "input_size", "combine", "mode", "head")
+    architecture = ("branch", "width", "input_size", "combine", "mode", "head", "members")
     assert {k: record["architecture"][k] for k in architecture} == {
         "branch": "kneenet",
         "width": 0.0625,
@@ -82,12 +84,13 @@ def test_every_training_flag_reaches_the_run_record(work: Path, command: list[st
         "combine": "diff",
         "mode": "joint",
         "head": "shared",
+        "members": 2,
     }
     training = record["training"]
     assert (training["epochs"], training["lr"], training["batch_size"]) == (1, 0.003, 8)
     assert (training["optimizer"], training["weight_decay"], training["patience"]) == ("sgd", 0.001, 0)
     assert (training["precision"], training["device"], training["seed"]) == ("fp32", "cpu", 5)
-    assert (training["select_on"], training["ema_decay"]) == ("last", 0.9)
+    assert (training["select_on"], training["ema_decay"], training["val_fraction"]) == ("last", 0.9, 0.2)
     assert (training["swap_knees"], training["channels_last"], training["compile"]) == (False, True, False)
 
 

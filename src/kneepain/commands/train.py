@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 RESUME = typer.Option(False, "--resume", help="Continue a stopped run exactly (same cache and settings).")
 SEED_HELP = "Seed of folds/splits, initialisation and augmentation."
-ARCHITECTURE_OPTIONS = ("branch", "width", "input_size", "combine", "mode", "head")  # the rest is TrainConfig
+# ModelConfig's fields; the other options are TrainConfig's
+ARCHITECTURE_OPTIONS = ("branch", "width", "input_size", "combine", "mode", "head", "members")
 
 
 def _option(help_text: str, *flags: str, default: Any = None) -> Any:
@@ -40,6 +41,7 @@ class TrainingOptions:
     combine: str | None = _option("relu_diff (published) | diff | concat.")
     mode: str | None = _option("paper (23 location models + logistic fusion) | joint (end to end).")
     head: str | None = _option("location (published: one weight per slice location) | shared (one for all).")
+    members: int | None = _option("Networks per model (different seeds); logits and CAMs averaged.")
     epochs: int | None = _option("Maximum epochs.")
     lr: float | None = _option("Initial learning rate.")
     batch_size: int | None = _option("Subjects per step (over all processes).")
@@ -48,6 +50,7 @@ class TrainingOptions:
     patience: int | None = _option("Early-stopping patience in epochs (0 = off).")
     select_on: str | None = _option("Kept epoch: best validation loss (paper) | best validation auc | last.")
     ema_decay: float | None = _option("Average the weights (EMA per step, e.g. 0.95; 0 = off).")
+    val_fraction: float | None = _option("Share of each training part held out for validation (0 = none).")
     swap_knees: bool | None = _option("Augmentation: swap knees, flip label.", "--swap-knees/--no-swap-knees")
     precision: str | None = _option("fp32 | bf16 | fp16 (CUDA only).")
     channels_last: bool | None = _option("channels_last memory format.", "--channels-last/--no-channels-last")

@@ -2,7 +2,7 @@
 
 from kneepain.model.branches import VGG16GAP, AlexNetGAP, KneeNet, build_branch, load_pretrained
 from kneepain.model.bundle import BundleError, load_bundle, read_bundle_meta, save_bundle
-from kneepain.model.siamese import COMBINATIONS, MODES, ModelConfig, SiameseNet, build_model
+from kneepain.model.siamese import COMBINATIONS, MODES, ModelConfig, SiameseEnsemble, SiameseNet, build_model
 
 __all__ = [
     "COMBINATIONS",
@@ -12,6 +12,7 @@ __all__ = [
     "BundleError",
     "KneeNet",
     "ModelConfig",
+    "SiameseEnsemble",
     "SiameseNet",
     "build_branch",
     "build_model",

@@ -18,7 +18,7 @@ import torch
 from kneepain import __version__
 from kneepain.contracts import BUNDLE_META, BUNDLE_WEIGHTS
 from kneepain.fileio import atomic_dir
-from kneepain.model.siamese import ModelConfig, SiameseNet, build_model
+from kneepain.model.siamese import ModelConfig, SiameseEnsemble, SiameseNet, build_model
 
 BUNDLE_TEMPLATES = "template.npy"  # the same name as WORK/preprocess/template.npy
 
@@ -28,7 +28,11 @@ class BundleError(ValueError):
 
 
 def save_bundle(
-    model: SiameseNet, meta: dict[str, Any], out_dir: str | Path, *, templates: np.ndarray | None = None
+    model: SiameseNet | SiameseEnsemble,
+    meta: dict[str, Any],
+    out_dir: str | Path,
+    *,
+    templates: np.ndarray | None = None,
 ) -> Path:
     """Write ``out_dir/model.safetensors``, ``model.json`` and ``template.npy`` atomically (all or none).
 
@@ -84,7 +88,7 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
         raise BundleError(f"{meta_path}: not valid JSON ({error})") from error
 
 
-def load_bundle(path: str | Path) -> tuple[SiameseNet, dict[str, Any]]:
+def load_bundle(path: str | Path) -> tuple[SiameseNet | SiameseEnsemble, dict[str, Any]]:
     """Rebuild the model of a bundle folder, load its weights, and return it in eval mode with meta."""
     from safetensors.torch import load_file
 

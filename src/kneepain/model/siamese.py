@@ -37,11 +37,16 @@ Two ways to train (``mode``):
 - ``paper``: one branch and one head per location (``location_heads``), each trained on its
   location alone; then the logistic ``classifier`` is fitted on their pooled features, as the
   published code did. The forward pass and CAMs are the same code in both modes.
+
+Ensembles (``members`` > 1, :class:`SiameseEnsemble`): that many networks of one architecture,
+initialised and trained from different seeds on the same subjects; the logits and the CAMs are
+the members' means, so the identity above holds for the ensemble too (it is linear in both).
+With a few hundred subjects one network's ranking swings with its seed; the mean does not.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -93,6 +98,7 @@ class ModelConfig(JsonRecord):
     mode: str = "paper"
     n_locations: int = N_SLICES
     head: str = "location"  # location (paper: one weight per location) | shared (one for all)
+    members: int = 1  # > 1: an ensemble of that many networks, logits and CAMs averaged
 
     def __post_init__(self) -> None:
         if self.branch not in BRANCHES:
@@ -103,8 +109,10 @@ class ModelConfig(JsonRecord):
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
-        if not (self.width > 0 and self.input_size >= 16 and self.n_locations >= 1):
-            raise ValueError(f"width > 0, input_size >= 16 and n_locations >= 1 expected, got {self}")
+        if not (self.width > 0 and self.input_size >= 16 and self.n_locations >= 1 and self.members >= 1):
+            raise ValueError(
+                f"width > 0, input_size >= 16, n_locations >= 1 and members >= 1 expected, got {self}"
+            )
 
 
 class SiameseNet(nn.Module):
@@ -202,8 +210,32 @@ class SiameseNet(nn.Module):
         return logits, torch.stack([cam_left, cam_right], dim=1)
 
 
-def build_model(config: dict[str, Any] | ModelConfig) -> SiameseNet:
-    """A freshly initialised :class:`SiameseNet` for ``config`` (a ModelConfig or its JSON dict)."""
+class SiameseEnsemble(nn.Module):
+    """``config.members`` SiameseNets of one architecture; logits and CAMs are the members' means.
+
+    Members are built one after another from the current random state, so member 0 starts from
+    the weights a single network built from the same seed would have.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.members = nn.ModuleList(SiameseNet(replace(config, members=1)) for _ in range(config.members))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean logits (B, 2) of the members."""
+        return torch.stack([member(x) for member in self.members]).mean(dim=0)
+
+    def forward_with_cams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean logits (B, 2) and mean CAMs (B, 2, S, h, w) of the members (one pass each)."""
+        outputs = [member.forward_with_cams(x) for member in self.members]
+        logits = torch.stack([logit for logit, _ in outputs]).mean(dim=0)
+        return logits, torch.stack([cams for _, cams in outputs]).mean(dim=0)
+
+
+def build_model(config: dict[str, Any] | ModelConfig) -> SiameseNet | SiameseEnsemble:
+    """A freshly initialised network for ``config`` (a ModelConfig or its JSON dict): a
+    :class:`SiameseNet`, or a :class:`SiameseEnsemble` when ``members`` > 1."""
     if isinstance(config, dict):
         config = ModelConfig.from_json(config)
-    return SiameseNet(config)
+    return SiameseEnsemble(config) if config.members > 1 else SiameseNet(config)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kneepain.model.siamese import SiameseNet
+from kneepain.model.siamese import SiameseEnsemble, SiameseNet
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -104,12 +104,17 @@ class MergedSiameseNet(SiameseNet):
         return maps.reshape(b, 2, s, -1, *maps.shape[-2:])
 
 
-def prepare_for_inference(model: SiameseNet) -> SiameseNet:
-    """Eval mode, channels_last, and for a ``paper`` model the merged branches (in place).
+def prepare_for_inference(model: SiameseNet | SiameseEnsemble) -> SiameseNet | SiameseEnsemble:
+    """Eval mode, channels_last, and for a ``paper`` model the merged branches (in place; an
+    ensemble's members each).
 
     The merged model keeps the classifier and drops the per-location branches (and heads) to
     hold the weights once; it is for inference only.
     """
+    if isinstance(model, SiameseEnsemble):
+        for member in model.members:
+            prepare_for_inference(member)
+        return model.eval()
     model.eval()
     if len(model.branches) > 1:
         model.merged = merge_branches(model.branches)
@@ -131,7 +136,9 @@ def precision_context(precision: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def run_network(model: SiameseNet, x: torch.Tensor, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+def run_network(
+    model: SiameseNet | SiameseEnsemble, x: torch.Tensor, precision: str = "fp32"
+) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities (B, 2) [left painful, right painful] and CAMs (B, 2, S, h, w) float32 of ``x``."""
     with torch.inference_mode(), precision_context(precision):
         logits, cams = model.forward_with_cams(x)

@@ -257,7 +257,7 @@ def _train_one(
         fold_dir,
         device=device,
         dist=dist,
-        resume=resume and (model_config.mode == "paper" or (fold_dir / "checkpoint").exists()),
+        resume=resume,
         show_progress=show_progress,
     )
     net.eval()

@@ -3,13 +3,15 @@
 ``joint``: the whole model through :func:`kneepain.train.loop.fit`. ``paper``: stage 1 fits each
 location's branch and head alone (its own ``fit``, reading only that slice location); stage 2
 freezes them and fits the logistic ``classifier`` on their pooled, combined features (LBFGS,
-full batch, L2), as the published code fused the 23 location models.
+full batch, L2), as the published code fused the 23 location models. An ensemble trains its
+members one after another, each in its mode, with its own seed for the order of the batches.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,11 @@ from torch import nn
 from torch.nn import functional
 
 from kneepain.fileio import write_text
-from kneepain.model.siamese import SiameseNet
+from kneepain.model.siamese import SiameseEnsemble, SiameseNet
 from kneepain.train.data import CacheBatches
 from kneepain.train.loop import CHECKPOINT_DIR, METRICS_LOG, Dist, TrainConfig, TrainingError, autocast, fit
+
+MEMBER_SEED_STEP = 1000  # member m trains with seed + 1000 m (member 0: the single network's seed)
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ def _batches(
 
 
 def train_model(
-    model: SiameseNet,
+    model: SiameseNet | SiameseEnsemble,
     cache: np.ndarray,
     train: Part,
     val: Part | None,
@@ -92,9 +96,24 @@ def train_model(
     """Train ``model`` in its configured mode; returns a summary (epochs, best epoch, seconds).
 
     Writes ``out_dir/metrics.jsonl`` (``paper`` mode: every location's epochs with a
-    ``location`` key, then one ``fusion`` line) and checkpoints under ``out_dir``.
+    ``location`` key, then one ``fusion`` line; an ensemble: every member's lines with a
+    ``member`` key) and checkpoints under ``out_dir``. ``resume`` continues from whatever
+    checkpoints are there (a part without one starts afresh).
     """
     dist = dist or Dist()
+    if isinstance(model, SiameseEnsemble):
+        return _train_members(
+            model,
+            cache,
+            train,
+            val,
+            config,
+            out_dir,
+            device=device,
+            dist=dist,
+            resume=resume,
+            show_progress=show_progress,
+        )
     n_slices = model.config.n_locations
     if model.config.mode == "joint":
         result = fit(
@@ -105,7 +124,7 @@ def train_model(
             out_dir,
             device=device,
             dist=dist,
-            resume=resume,
+            resume=resume and (out_dir / CHECKPOINT_DIR).exists(),
             label=out_dir.name,
             images_per_item=2 * n_slices,
             show_progress=show_progress,
@@ -142,9 +161,51 @@ def train_model(
     return summary
 
 
-def _json_line(obj: dict[str, Any]) -> str:
-    import json
+def _train_members(
+    model: SiameseEnsemble,
+    cache: np.ndarray,
+    train: Part,
+    val: Part | None,
+    config: TrainConfig,
+    out_dir: Path,
+    *,
+    device: torch.device,
+    dist: Dist,
+    resume: bool,
+    show_progress: bool,
+) -> dict[str, Any]:
+    """Train each member in ``out_dir/member_XX`` (seed + 1000 m); one metrics log for all of them."""
+    summary: dict[str, Any] = {"members": [], "seconds": 0.0}
+    lines: list[str] = []
+    for m, member in enumerate(model.members):
+        member_dir = out_dir / f"member_{m:02d}"
+        result = train_model(
+            member,
+            cache,
+            train,
+            val,
+            replace(config, seed=config.seed + MEMBER_SEED_STEP * m),
+            member_dir,
+            device=device,
+            dist=dist,
+            resume=resume,
+            show_progress=show_progress,
+        )
+        summary["members"].append({"member": m, **result})
+        summary["seconds"] += result["seconds"]
+        log = member_dir / METRICS_LOG
+        if log.exists():
+            lines += [
+                _json_line({"member": m, **json.loads(line)})
+                for line in log.read_text(encoding="utf-8").splitlines()
+                if line.strip()
+            ]
+    if dist.is_main:
+        write_text(out_dir / METRICS_LOG, "".join(lines))
+    return summary
 
+
+def _json_line(obj: dict[str, Any]) -> str:
     return json.dumps(obj) + "\n"
 
 
@@ -233,8 +294,8 @@ def fit_fusion(
 
 
 def remove_checkpoints(out_dir: Path) -> None:
-    """Delete a finished fold's checkpoints (paper-size ones are large) and per-location folders
-    (their epochs are in the fold's metrics.jsonl); the bundle remains."""
-    for folder in [out_dir / CHECKPOINT_DIR, *out_dir.glob("location_*")]:
+    """Delete a finished fold's checkpoints (paper-size ones are large) and per-location and
+    per-member folders (their epochs are in the fold's metrics.jsonl); the bundle remains."""
+    for folder in [out_dir / CHECKPOINT_DIR, *out_dir.glob("location_*"), *out_dir.glob("member_*")]:
         if folder.is_dir():
             shutil.rmtree(folder)
