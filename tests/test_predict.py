@@ -195,6 +195,40 @@ def test_rerun_replaces_an_earlier_prediction_but_not_another_folder(
     assert abs(document["prob_right_painful"] - prediction[1]["prob_right_painful"]) < 0.05
 
 
+def test_an_ensemble_bundle_predicts_its_members_mean(cohort: Cohort, tmp_path: Path) -> None:
+    """A paper-mode ensemble goes through the merged-branch fast path member by member."""
+    from dataclasses import replace
+
+    from kneepain.model.siamese import ModelConfig
+    from kneepain.train.cv import bundle_templates, cache_fingerprint, write_fold_bundle
+
+    arch, train = preset("tiny", {"mode": "paper", "members": 2})
+    torch.manual_seed(1)
+    ensemble = build_model(arch).eval()
+    fingerprint = cache_fingerprint(cohort.work)
+    bundle = write_fold_bundle(
+        ensemble,
+        tmp_path / "bundle",
+        fingerprint=fingerprint,
+        templates=bundle_templates(cohort.work, fingerprint),
+        training=train.to_json(),
+        cohort_model="A",
+        fold=0,
+        summary={},
+        test_loss=0.0,
+    )
+    left, right = cohort.folder(cohort.subject, "left"), cohort.folder(cohort.subject, "right")
+    document = predict_person(left, right, bundle, tmp_path / "out")
+    row = int(cohort.index.loc[cohort.index["subject_id"] == cohort.subject, "row"].iloc[0])
+    x = to_input(np.array(open_cache(WorkPaths(cohort.work).cache_array)[row][None]), arch.input_size)
+    with torch.no_grad():
+        logits = torch.stack([member(x) for member in ensemble.members]).mean(0)
+    assert document["prob_right_painful"] == pytest.approx(torch.softmax(logits, 1)[0, 1].item(), abs=1e-5)
+    assert ModelConfig.from_json(json.loads((bundle / "model.json").read_text())["architecture"]) == replace(
+        arch, members=2
+    )
+
+
 # -- geometry: cache pixel -> scanner millimetres ---------------------------------------------
 def _blob(shape: tuple[int, int], centre: tuple[float, float], sigma: float) -> np.ndarray:
     rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
