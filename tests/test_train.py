@@ -415,4 +415,7 @@ def test_vgg16_gap_branch_learns_the_toy_task(tmp_path: Path) -> None:
     run = run_cv(toy, "vgg", folds=3, seed=0, config=config, show_progress=False)
     predictions = pd.read_csv(run / "predictions.csv")
     assert predictions["prob_right"].std() > 0.005  # not the constant output of a dead network
-    assert roc_auc_score(predictions["label"], predictions["prob_right"]) > 0.75
+    # Each fold's ranking: 10 epochs leave the three folds' outputs at different offsets near 0.5,
+    # which a pooled AUC mixes up (0.63 with fold AUCs 0.88-0.91); a dead network ranks at 0.5.
+    fold_aucs = [roc_auc_score(f["label"], f["prob_right"]) for _, f in predictions.groupby("fold")]
+    assert min(fold_aucs) > 0.75, fold_aucs

@@ -121,6 +121,8 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "patience": 0,
             "select_on": "last",
             "ema_decay": 0.95,
+            # Nothing is selected on a validation part, so it trains too: +0.03 AUC on 10 folds.
+            "val_fraction": 0.0,
             "swap_knees": True,
             "weight_decay": 1e-4,
             "channels_last": True,  # 1.33x on this CPU (docs/training.md); bf16 is 10x slower here
