@@ -7,6 +7,8 @@ Reads ``RUN/cam`` (run ``kneepain cam RUN`` first) and the painful knees' truth 
 nothing. Prints Markdown: hit rates on correctly predicted subjects (and on all measured ones)
 for each rule, with effusion counted as a lesion or not and at a tolerance of one CAM cell or
 none, then where the misses of the main rules fall (wrong slice or wrong spot on a lesion slice).
+With ``--truth``, hit rates are also split by thirds of the lesion burden difference between the
+painful and the other knee (the generator's ``lesion_burden``, which drives the pain label).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 from scipy import ndimage
 
 from kneepain.cam.compute import best_slice, read_cam_outputs
@@ -133,6 +136,45 @@ def pixel_aucs(subjects: list, correct: np.ndarray, step: int = 4) -> dict[str, 
     return {name: float(np.mean(values)) for name, values in scores.items()}
 
 
+def burden_differences(truth: Path, keys: list[tuple[str, str]]) -> np.ndarray:
+    """Painful minus other knee's ``lesion_burden`` (truth/knees.csv) for (subject, painful side)."""
+    knees = pd.read_csv(truth / "knees.csv", dtype={"subject_id": str}).set_index(["subject_id", "side"])
+    burden = knees["lesion_burden"]
+    other = {"left": "right", "right": "left"}
+    return np.array([burden[(sid, side)] - burden[(sid, other[side])] for sid, side in keys])
+
+
+def by_burden(subjects: list, keys: list[tuple[str, str]], truth: Path, map_shape: tuple[int, int]) -> None:
+    """Hit rates of ours, the difference map and the fixed point per third of the burden difference."""
+    correct = [i for i, s in enumerate(subjects) if s[2]]
+    if len(correct) < 3:
+        return
+    gap = burden_differences(truth, [keys[i] for i in correct])
+    cell = cell_size(map_shape, SIZE)
+    hits = {name: [] for name in ("ours", "difference map, slice of highest mean")}
+    for i in correct:
+        painful, other, _, lesion = subjects[i]
+        for name, rule in (("ours", ours), ("difference map, slice of highest mean", difference_mean)):
+            k, spot = rule(painful, other)
+            hits[name].append(hit_at(lesion[k] > 0, spot, cell, 1))
+    fixed = constant_point_hits([reachable_cells(subjects[i][3] > 0, map_shape, 1) for i in correct])
+    thirds = pd.qcut(gap, 3, labels=False, duplicates="drop")
+    print(
+        "\nBy lesion burden difference (painful - other knee; truth/knees.csv), "
+        "correctly predicted, tolerance 1\n"
+    )
+    print("| third | burden difference | n | ours | difference map, slice of highest mean | fixed point |")
+    print("|---|---|---|---|---|---|")
+    for third in sorted(set(thirds)):
+        rows = thirds == third
+        cells = [percent(np.array(hits[name])[rows]) for name in hits]
+        print(
+            f"| {third + 1} | {gap[rows].min():.2f} to {gap[rows].max():.2f} | {rows.sum()} | "
+            + " | ".join(cells)
+            + f" | {percent(fixed[rows])} |"
+        )
+
+
 def percent(hits: np.ndarray) -> str:
     return f"{100 * hits.mean():.1f}" if len(hits) else "-"
 
@@ -148,11 +190,12 @@ def main() -> None:
     masks, skipped = choose_masks(args.truth, args.cache_masks, work)
     if masks is None:
         raise SystemExit(f"no truth masks: {skipped}")
-    subjects = []
+    subjects, keys = [], []
     for position, row in enumerate(outputs.index.itertuples(index=False)):
         labels = masks(row.subject_id, row.painful_side)
         if labels is None or not np.any(labels):
             continue
+        keys.append((str(row.subject_id), str(row.painful_side)))
         knee = KNEES.index(row.painful_side)
         cams = np.asarray(outputs.cams[position], np.float32)
         subjects.append((cams[knee], cams[1 - knee], bool(row.correct), np.asarray(labels)))
@@ -214,6 +257,8 @@ def main() -> None:
     print("|---|" + "---|" * len(LESION_SETS))
     for rule_name, cells in misses.items():
         print(f"| {rule_name} | " + " | ".join(cells) + " |")
+    if args.truth is not None and (args.truth / "knees.csv").exists():
+        by_burden(subjects, keys, args.truth, map_shape)
 
 
 if __name__ == "__main__":
