@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -102,18 +103,14 @@ def train_model(
     """
     dist = dist or Dist()
     if isinstance(model, SiameseEnsemble):
-        return _train_members(
-            model,
-            cache,
-            train,
-            val,
-            config,
-            out_dir,
-            device=device,
-            dist=dist,
-            resume=resume,
-            show_progress=show_progress,
-        )
+
+        def train_member(member: SiameseNet, member_config: TrainConfig, member_dir: Path) -> dict[str, Any]:
+            return train_model(
+                member, cache, train, val, member_config, member_dir, device=device, dist=dist,
+                resume=resume, show_progress=show_progress,
+            )  # fmt: skip
+
+        return _train_members(model, config, out_dir, train_member, dist)
     n_slices = model.config.n_locations
     if model.config.mode == "joint":
         result = fit(
@@ -163,34 +160,17 @@ def train_model(
 
 def _train_members(
     model: SiameseEnsemble,
-    cache: np.ndarray,
-    train: Part,
-    val: Part | None,
     config: TrainConfig,
     out_dir: Path,
-    *,
-    device: torch.device,
+    train_member: Callable[[SiameseNet, TrainConfig, Path], dict[str, Any]],
     dist: Dist,
-    resume: bool,
-    show_progress: bool,
 ) -> dict[str, Any]:
     """Train each member in ``out_dir/member_XX`` (seed + 1000 m); one metrics log for all of them."""
     summary: dict[str, Any] = {"members": [], "seconds": 0.0}
     lines: list[str] = []
     for m, member in enumerate(model.members):
         member_dir = out_dir / f"member_{m:02d}"
-        result = train_model(
-            member,
-            cache,
-            train,
-            val,
-            replace(config, seed=config.seed + MEMBER_SEED_STEP * m),
-            member_dir,
-            device=device,
-            dist=dist,
-            resume=resume,
-            show_progress=show_progress,
-        )
+        result = train_member(member, replace(config, seed=config.seed + MEMBER_SEED_STEP * m), member_dir)
         summary["members"].append({"member": m, **result})
         summary["seconds"] += result["seconds"]
         log = member_dir / METRICS_LOG
