@@ -20,7 +20,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
 from kneepain.cam.compute import best_slice, read_cam_outputs
 from kneepain.cam.localization import (
@@ -77,9 +76,9 @@ def ours(painful: np.ndarray, other: np.ndarray) -> Spot:
     return ours_hot_spot(painful - other, SIZE)
 
 
-def ours_slice_smoothed(painful: np.ndarray, other: np.ndarray) -> Spot:
-    weights = np.array([1.0, 2.0, 1.0], np.float32) / 4
-    return ours_hot_spot(ndimage.convolve1d(painful - other, weights, axis=0, mode="nearest"), SIZE)
+def ours_without_slice_smoothing(painful: np.ndarray, other: np.ndarray) -> Spot:
+    k, row, col = peak_location(painful - other)
+    return k, cells_to_pixels((row, col), painful.shape[-2:], SIZE)
 
 
 def painful_global_peak(painful: np.ndarray, other: np.ndarray) -> Spot:
@@ -91,8 +90,8 @@ RULES: dict[str, Rule] = {
     "difference map, slice of highest mean, upsampled max": difference_mean,
     "difference map, global max, upsampled (bilinear) max": difference_global_max,
     "difference map, global max, bicubic max": difference_global_max_bicubic,
-    "**ours**: difference map, global max, sub-cell peak": ours,
-    "ours after [1 2 1] smoothing across slices": ours_slice_smoothed,
+    "difference map, global max, sub-cell peak (ours before slice smoothing)": ours_without_slice_smoothing,
+    "**ours**: difference map [1 2 1] across slices, global max, sub-cell peak": ours,
     "painful map, global max, sub-cell peak": painful_global_peak,
 }
 

@@ -302,6 +302,23 @@ def test_ours_takes_the_focal_peak_not_the_warm_slice() -> None:
     assert (row["hot_spot_row_ours"], row["hot_spot_col_ours"]) == pytest.approx(centre, abs=0.1)
 
 
+def test_ours_prefers_evidence_that_persists_across_neighbouring_slices() -> None:
+    # A lesion on slices 9-11 gives the painful knee moderate evidence on all three; a single
+    # slice (15) elsewhere has a higher one-slice spike. Averaged with its neighbours, the lesion wins.
+    cams = np.zeros((1, 2, 23, 8, 8), dtype=np.float32)
+    cams[0, 1, 9:12, 2, 2] = 1.0
+    cams[0, 1, 15, 6, 6] = 1.5
+    labels = np.zeros((23, 224, 224), dtype=np.uint8)
+    labels[9:12, 2 * 28 : 3 * 28, 2 * 28 : 3 * 28] = 2
+    index = pd.DataFrame(
+        {"subject_id": ["9000001"], "painful_side": ["right"], "correct": [True], "best_slice": [15]}
+    )
+    row = localize(CamOutputs(Path("."), cams, index, {}, None), lambda s, side: labels).iloc[0]
+    assert row["best_slice_ours"] == 10 and row["hit_ours"]
+    assert row["lesion_ours"] == "bone_marrow_lesion"
+    assert int(np.argmax(cams[0, 1].max(axis=(1, 2)))) == 15  # the unsmoothed global maximum
+
+
 def test_sub_cell_peak_leans_toward_the_stronger_neighbour() -> None:
     maps = np.zeros((3, 8, 8), dtype=np.float32)
     maps[1, 3, 3], maps[1, 3, 4] = 1.0, 0.9  # the evidence peak lies between cells 3 and 4

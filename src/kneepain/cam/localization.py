@@ -264,14 +264,26 @@ def difference_maps(cams: np.ndarray, knee: int) -> tuple[np.ndarray, int]:
     return difference, int(np.argmax(difference.mean(axis=(1, 2))))
 
 
+SLICE_SMOOTHING = np.array([1.0, 2.0, 1.0], dtype=np.float32) / 4
+
+
 def ours_hot_spot(difference: np.ndarray, size: tuple[int, int]) -> tuple[int, tuple[float, float]]:
-    """Our rule: the difference map's maximum over all slices, refined between cells (pixels on ``size``).
+    """Our rule: the difference map, averaged [1 2 1] with its neighbouring slices, at its maximum
+    over all slices, refined between cells (pixels on ``size``).
 
     The slice is the one holding the strongest side-specific evidence (not the highest mean,
     which favours slices whose whole map is warm), and the spot is the sub-cell peak
-    (:func:`peak_location`), so nothing but the maps decides where the model points.
+    (:func:`peak_location`), so nothing but the maps decides where the model points. A lesion
+    spans several 3 mm slices (median 4-5 for the focal ones in the synthetic cohorts) while noise
+    in neighbouring maps is independent, so the neighbours' average favours evidence that
+    persists across slices over a one-slice spike: +3 to +9 points of pointing-game hits on five
+    shared-head runs (docs/review.md). With the paper's per-location head each slice's map has
+    its own scale, and this averaging lost 7 points on the one run measured.
     """
-    k, row, col = peak_location(difference)
+    from scipy.ndimage import convolve1d
+
+    smoothed = convolve1d(np.asarray(difference, dtype=np.float32), SLICE_SMOOTHING, axis=0, mode="nearest")
+    k, row, col = peak_location(smoothed)
     return k, cells_to_pixels((row, col), difference.shape[-2:], size)
 
 

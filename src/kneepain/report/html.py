@@ -217,7 +217,11 @@ LOCALIZATION_ROWS = (
     ("energy_share_slice_mean", "share of CAM energy inside lesions (best slice)", "{:.1%}"),
     ("pointing_hit_rate_correct_difference", "pointing game, painful minus other knee map", "{:.1%}"),
     ("energy_share_slice_mean_difference", "energy inside lesions, painful minus other knee map", "{:.1%}"),
-    ("pointing_hit_rate_correct_ours", "pointing game, ours (difference map, global peak)", "{:.1%}"),
+    (
+        "pointing_hit_rate_correct_ours",
+        "pointing game, ours (difference map, neighbouring slices, global peak)",
+        "{:.1%}",
+    ),
     ("pointing_hit_rate_correct_constant", "CAM-free baseline: one fixed point (leave one out)", "{:.1%}"),
     ("pointing_hit_rate_correct_chance", "CAM-free baseline: random point (expected)", "{:.1%}"),
     ("tolerance_cells", "pointing tolerance (CAM cells)", "{}"),
