@@ -277,8 +277,8 @@ def ours_hot_spot(difference: np.ndarray, size: tuple[int, int]) -> tuple[int, t
     spans several 3 mm slices (median 4-5 for the focal ones in the synthetic cohorts) while noise
     in neighbouring maps is independent, so the neighbours' average favours evidence that
     persists across slices over a one-slice spike: +3 to +9 points of pointing-game hits on five
-    shared-head runs (docs/review.md). With the paper's per-location head each slice's map has
-    its own scale, and this averaging lost 7 points on the one run measured.
+    of six shared-head runs, -1 on the sixth (docs/review.md). With the paper's per-location head
+    each slice's map has its own scale, and this averaging lost 7 points on the one run measured.
     """
     from scipy.ndimage import convolve1d
 
