@@ -76,13 +76,18 @@ def ours(painful: np.ndarray, other: np.ndarray) -> Spot:
     return ours_hot_spot(painful - other, SIZE)
 
 
+def global_peak(maps: np.ndarray) -> Spot:
+    """Sub-cell peak of the global maximum, without ours' averaging across slices."""
+    k, row, col = peak_location(maps)
+    return k, cells_to_pixels((row, col), maps.shape[-2:], SIZE)
+
+
 def ours_without_slice_smoothing(painful: np.ndarray, other: np.ndarray) -> Spot:
-    k, row, col = peak_location(painful - other)
-    return k, cells_to_pixels((row, col), painful.shape[-2:], SIZE)
+    return global_peak(painful - other)
 
 
 def painful_global_peak(painful: np.ndarray, other: np.ndarray) -> Spot:
-    return ours_hot_spot(painful, SIZE)
+    return global_peak(painful)
 
 
 RULES: dict[str, Rule] = {
