@@ -34,9 +34,9 @@ from kneepain.train import (
     run_cv,
     stratified_split,
 )
-from kneepain.train.data import CacheBatches, draw_epoch, to_input
+from kneepain.train.data import CacheBatches, draw_epoch, shift_knees, to_input
 from kneepain.train.folds import SplitError, check_folds
-from kneepain.train.loop import Dist, fit, selection_score
+from kneepain.train.loop import Dist, TrainConfig, fit, selection_score
 from kneepain.train.recipe import Part, train_model
 from workfolder import make_work
 
@@ -77,6 +77,30 @@ def test_epoch_draws_are_seeded_and_shard_evenly() -> None:
     shards = [draw_epoch(11, 3, 7, shuffle=True, swap_knees=True, rank=r, world=2) for r in range(2)]
     assert len(shards[0].order) == len(shards[1].order) == 6
     assert set(np.concatenate([s.order for s in shards])) == set(range(11))
+
+
+def test_shift_augmentation_moves_each_knee_alone_and_keeps_older_draws() -> None:
+    plain = draw_epoch(11, 3, 7, shuffle=True, swap_knees=True)
+    shifted = draw_epoch(11, 3, 7, shuffle=True, swap_knees=True, max_shift=2)
+    assert np.array_equal(plain.order, shifted.order) and np.array_equal(plain.swap, shifted.swap)
+    assert plain.shift is None and shifted.shift.shape == (11, 2, 2) and np.abs(shifted.shift).max() == 2
+    x = torch.rand(1, 2, 3, 8, 8)
+    moved = shift_knees(x, np.array([[[2, -1], [0, 0]]]))
+    torch.testing.assert_close(moved[0, 1], x[0, 1])  # the other knee stays put
+    torch.testing.assert_close(moved[0, 0, :, 2:, :7], x[0, 0, :, :6, 1:])  # down 2 rows, left 1 column
+    assert moved[0, 0, :, :2].abs().sum() == 0 and moved[0, 0, :, :, 7].abs().sum() == 0
+    cache = np.random.default_rng(0).integers(0, 256, (12, 2, 23, 16, 16), dtype=np.uint8)
+    batches = CacheBatches(
+        cache, np.arange(6), np.arange(6) % 2, batch_size=6, input_size=16, seed=3, shuffle=True, max_shift=3
+    )
+    (first, _), (again, _) = next(batches.epoch(0)), next(batches.epoch(0))
+    torch.testing.assert_close(first, again, rtol=0, atol=0)  # seeded: resume sees the same bytes
+    unshifted, _ = CacheBatches(cache, np.arange(6), np.arange(6) % 2, batch_size=6, input_size=16).load(
+        draw_epoch(6, 0, 3, shuffle=True, swap_knees=False).order, np.zeros(6, dtype=bool)
+    )
+    assert not torch.equal(first, unshifted)
+    with pytest.raises(ValueError, match="shift_augment"):
+        TrainConfig(shift_augment=0.3)
 
 
 @pytest.mark.parametrize("location", [None, 11])

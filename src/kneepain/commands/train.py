@@ -52,6 +52,7 @@ class TrainingOptions:
     ema_decay: float | None = _option("Average the weights (EMA per step, e.g. 0.95; 0 = off).")
     val_fraction: float | None = _option("Share of each training part held out for validation (0 = none).")
     swap_knees: bool | None = _option("Augmentation: swap knees, flip label.", "--swap-knees/--no-swap-knees")
+    shift_augment: float | None = _option("Augmentation: max shift of each knee, share of the side.")
     precision: str | None = _option("fp32 | bf16 | fp16 (CUDA only).")
     channels_last: bool | None = _option("channels_last memory format.", "--channels-last/--no-channels-last")
     compile_model: bool | None = _option("torch.compile the model.", "--compile/--no-compile")

@@ -73,6 +73,7 @@ class TrainConfig(JsonRecord):
     ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights (per step)
     val_fraction: float = 0.1  # share of each training part held out for early stopping
     swap_knees: bool = False  # augmentation: swap the knees and flip the label (p = 0.5)
+    shift_augment: float = 0.0  # augmentation: move each knee's stack up to this share of the side
     precision: str = "fp32"  # fp32 | bf16 (autocast, CPU and CUDA) | fp16 (CUDA, GradScaler)
     channels_last: bool = False
     compile: bool = False
@@ -88,6 +89,8 @@ class TrainConfig(JsonRecord):
             raise ValueError(f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not 0.0 <= self.shift_augment < 0.25:
+            raise ValueError(f"shift_augment must be in [0, 0.25), got {self.shift_augment}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.batch_size < 1 or self.epochs < 1 or not (0.0 <= self.val_fraction < 0.5):
