@@ -8,6 +8,7 @@ each subject's maps must come from the fold that held it out.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,11 @@ from kneepain.cam.localization import (
     energy_share,
     folder_mask_source,
     hit_at,
+    hit_rate_interval,
     hot_spot,
     lesion_at_hot_spot,
     localize,
+    paired_hits,
     peak_location,
     pointing_hit,
     reachable_cells,
@@ -139,6 +142,13 @@ def test_stage_writes_out_of_fold_maps_best_slices_and_overlays(tmp_path: Path) 
     # each subject's lesion is on another slice: no fixed (slice, cell) learned on the others can hit
     assert summary["pointing_hit_rate_correct_constant"] == 0.0
     assert 0 < summary["pointing_hit_rate_correct_chance"] < 0.01
+    low, high = summary["pointing_hit_rate_correct_ours_ci95"]
+    assert high == pytest.approx(1.0) and 0.4 < low < 0.5  # 3 of 3: Wilson keeps room below
+    assert summary["ours_vs_constant_correct"] == {
+        "subjects": 3, "ours_only": 3, "baseline_only": 0, "p_value": pytest.approx(0.25)
+    }  # fmt: skip
+    stored = json.loads((run / "cam" / "localization.json").read_text())
+    assert stored["ours_vs_constant_correct"]["ours_only"] == 3
     assert 0 < summary["area_above_half_pct_mean"] < 5  # one hot cell of 784
     lesions = pd.read_csv(run / "cam" / "lesion_table.csv")
     bml = lesions.set_index("lesion").loc["bone_marrow_lesion"]
@@ -170,6 +180,18 @@ def test_subject_without_mask_is_excluded_with_reason(tmp_path: Path) -> None:
     row = table.set_index("subject_id").loc["9000002"]
     assert row["excluded"] == "no truth mask for the painful knee"
     assert np.isnan(row["hit"])
+
+
+def test_paired_hits_count_discordant_subjects_and_test_them_exactly() -> None:
+    ours = pd.Series([True] * 12 + [False] * 3 + [True] * 5 + [np.nan])
+    baseline = pd.Series([False] * 12 + [True] * 3 + [True] * 5 + [True])
+    paired = paired_hits(ours, baseline)
+    assert (paired["subjects"], paired["ours_only"], paired["baseline_only"]) == (20, 12, 3)
+    assert paired["p_value"] == pytest.approx(2 * sum(math.comb(15, k) for k in range(4)) / 2**15)
+    assert paired_hits(ours[:0], baseline[:0])["p_value"] == 1.0
+    assert hit_rate_interval(pd.Series([], dtype=float)) is None
+    low, high = hit_rate_interval(pd.Series([True] * 80 + [False] * 20))
+    assert low == pytest.approx(0.711, abs=1e-3) and high == pytest.approx(0.867, abs=1e-3)
 
 
 def test_pointing_game_tolerance_is_one_cam_cell() -> None:

@@ -64,5 +64,12 @@ def register(app: typer.Typer) -> None:
                 info["pointing (correct, difference map)"] = (
                     f"{100 * summary['pointing_hit_rate_correct_difference']:.1f}%"
                 )
-                info["pointing (correct, ours)"] = f"{100 * summary['pointing_hit_rate_correct_ours']:.1f}%"
-                info["CAM-free fixed point"] = f"{100 * summary['pointing_hit_rate_correct_constant']:.1f}%"
+                low, high = summary["pointing_hit_rate_correct_ours_ci95"]
+                ours = summary["pointing_hit_rate_correct_ours"] * 100
+                info["pointing (correct, ours)"] = f"{ours:.1f}% (95% CI {100 * low:.1f}-{100 * high:.1f}%)"
+                paired = summary["ours_vs_constant_correct"]
+                info["CAM-free fixed point"] = (
+                    f"{100 * summary['pointing_hit_rate_correct_constant']:.1f}% (only ours hits"
+                    f" {paired['ours_only']}, only the point {paired['baseline_only']},"
+                    f" McNemar p {paired['p_value']:.3g})"
+                )

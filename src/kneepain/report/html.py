@@ -222,7 +222,13 @@ LOCALIZATION_ROWS = (
         "pointing game, ours (difference map, neighbouring slices, global peak)",
         "{:.1%}",
     ),
+    ("pointing_hit_rate_correct_ours_ci95", "ours, Wilson 95% interval", "{0[0]:.1%} to {0[1]:.1%}"),
     ("pointing_hit_rate_correct_constant", "CAM-free baseline: one fixed point (leave one out)", "{:.1%}"),
+    (
+        "ours_vs_constant_correct",
+        "ours against the fixed point, same subjects (exact McNemar)",
+        "only ours hits {0[ours_only]}, only the point {0[baseline_only]}, p = {0[p_value]:.3g}",
+    ),
     ("pointing_hit_rate_correct_chance", "CAM-free baseline: random point (expected)", "{:.1%}"),
     ("tolerance_cells", "pointing tolerance (CAM cells)", "{}"),
     ("excluded", "subjects not measured (reason in localization.csv)", "{}"),
