@@ -26,6 +26,7 @@ from kneepain.cam.localization import (
     chance_hit_rate,
     constant_point_hits,
     energy_share,
+    evidence_priors,
     folder_mask_source,
     hit_at,
     hit_rate_interval,
@@ -180,6 +181,46 @@ def test_subject_without_mask_is_excluded_with_reason(tmp_path: Path) -> None:
     row = table.set_index("subject_id").loc["9000002"]
     assert row["excluded"] == "no truth mask for the painful knee"
     assert np.isnan(row["hit"])
+
+
+def test_prior_rule_takes_the_usual_place_among_near_equal_peaks_and_ignores_its_own_fold() -> None:
+    # Folds 0 and 1: every subject's evidence at slice 6, cell (2, 2) of its painful (right) knee.
+    # The fold-2 subject has a peak at slice 15, cell (5, 5), a little stronger than the one at
+    # (6, 2, 2); its fold mate has a huge peak at (15, 5, 5), which must not feed its own prior,
+    # and is missed by both rules.
+    n = 6
+    cams = np.zeros((n, 2, 23, 8, 8), dtype=np.float32)
+    cams[:4, 1, 6, 2, 2] = 1.0
+    cams[4, 1, 15, 5, 5], cams[4, 1, 6, 2, 2] = 1.0, 0.8
+    cams[5, 1, 15, 5, 5], cams[5, 0, 6, 2, 2] = 10.0, 5.0  # and its other knee is the hot one at (6, 2, 2)
+    index = pd.DataFrame(
+        {
+            "subject_id": [f"90000{i}" for i in range(n)],
+            "fold": [0, 0, 1, 1, 2, 2],
+            "painful_side": ["right"] * n,
+            "correct": [True] * n,
+            "best_slice": [6] * n,
+        }
+    )
+    outputs = CamOutputs(Path("."), cams, index, {}, None)
+    priors = evidence_priors(outputs)
+    assert set(priors) == {0, 1, 2}
+    assert np.unravel_index(int(np.argmax(priors[2])), priors[2].shape) == (6, 2, 2)
+    assert priors[2][15, 5, 5] == 0  # the fold mate's peak stays out of fold 2's prior
+    labels = np.zeros((23, 224, 224), dtype=np.uint8)
+    labels[6, 2 * 28 : 3 * 28, 2 * 28 : 3 * 28] = 2
+    table = localize(outputs, lambda subject, side: labels if side == "right" else None).set_index(
+        "subject_id"
+    )
+    row = table.loc["900004"]
+    assert row["best_slice_ours"] == 15 and not row["hit_ours"]
+    assert row["best_slice_prior"] == 6 and row["hit_prior"]
+    summary = summarize(table.reset_index(), "kneenet", [8, 8])
+    assert summary["pointing_hit_rate_correct_prior"] == pytest.approx(5 / 6)
+    assert summary["prior_vs_constant_correct"]["subjects"] == n
+    one_fold = CamOutputs(Path("."), cams, index.assign(fold=0), {}, None)
+    assert evidence_priors(one_fold) == {}
+    assert localize(one_fold, lambda subject, side: labels)["hit_prior"].isna().all()
 
 
 def test_paired_hits_count_discordant_subjects_and_test_them_exactly() -> None:

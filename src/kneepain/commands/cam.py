@@ -70,6 +70,14 @@ def register(app: typer.Typer) -> None:
                 paired = summary["ours_vs_constant_correct"]
                 info["CAM-free fixed point"] = (
                     f"{100 * summary['pointing_hit_rate_correct_constant']:.1f}% (only ours hits"
-                    f" {paired['ours_only']}, only the point {paired['baseline_only']},"
+                    f" {paired['ours_only']:g}, only the point {paired['baseline_only']:g},"
                     f" McNemar p {paired['p_value']:.3g})"
                 )
+                if summary["pointing_hit_rate_correct_prior"] is not None:
+                    low, high = summary["pointing_hit_rate_correct_prior_ci95"]
+                    paired = summary["prior_vs_constant_correct"]
+                    info["pointing (correct, ours + evidence prior)"] = (
+                        f"{100 * summary['pointing_hit_rate_correct_prior']:.1f}%"
+                        f" (95% CI {100 * low:.1f}-{100 * high:.1f}%; against the fixed point"
+                        f" {paired['ours_only']:g} vs {paired['baseline_only']:g}, p {paired['p_value']:.3g})"
+                    )

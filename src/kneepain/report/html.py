@@ -227,7 +227,14 @@ LOCALIZATION_ROWS = (
     (
         "ours_vs_constant_correct",
         "ours against the fixed point, same subjects (exact McNemar)",
-        "only ours hits {0[ours_only]}, only the point {0[baseline_only]}, p = {0[p_value]:.3g}",
+        "only ours hits {0[ours_only]:g}, only the point {0[baseline_only]:g}, p = {0[p_value]:.3g}",
+    ),
+    ("pointing_hit_rate_correct_prior", "pointing game, ours + the other folds' evidence prior", "{:.1%}"),
+    ("pointing_hit_rate_correct_prior_ci95", "ours + prior, Wilson 95% interval", "{0[0]:.1%} to {0[1]:.1%}"),
+    (
+        "prior_vs_constant_correct",
+        "ours + prior against the fixed point (exact McNemar)",
+        "only ours + prior hits {0[ours_only]:g}, only the point {0[baseline_only]:g}, p = {0[p_value]:.3g}",
     ),
     ("pointing_hit_rate_correct_chance", "CAM-free baseline: random point (expected)", "{:.1%}"),
     ("tolerance_cells", "pointing tolerance (CAM cells)", "{}"),
