@@ -38,6 +38,8 @@ def test_fast_demo_runs_every_stage_and_reports_honestly(fast_demo) -> None:
     assert low <= numbers["auc"] <= high
     assert 0.5 < numbers["oracle_auc"] <= 1.0
     assert numbers["area_above_half_pct_mean"] > 0
+    if numbers["pointing_hit_rate_correct_ours"] is not None:  # several folds: every rule is measured
+        assert 0.0 <= numbers["pointing_hit_rate_correct_prior"] <= 1.0
     report = Path(numbers["report"])
     assert report.exists() and "synthetic" in report.read_text().lower()
     assert "SYNTHETIC DATA" in completed.stderr + completed.stdout

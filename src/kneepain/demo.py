@@ -125,6 +125,7 @@ def headline_numbers(options: DemoOptions) -> dict[str, Any]:
         "n": metrics.get("n"),
         "pointing_hit_rate_correct": cams.get("pointing_hit_rate_correct"),
         "pointing_hit_rate_correct_ours": cams.get("pointing_hit_rate_correct_ours"),
+        "pointing_hit_rate_correct_prior": cams.get("pointing_hit_rate_correct_prior"),
         "pointing_hit_rate_correct_constant": cams.get("pointing_hit_rate_correct_constant"),
         "area_above_half_pct_mean": cams.get("area_above_half_pct_mean"),
         "report": str(report.resolve()) if report.exists() else None,
@@ -146,6 +147,7 @@ def headline(numbers: dict[str, Any]) -> list[str]:
         lines.append(f"CAM hot spot on a true lesion (correct predictions, paper's rule): {rate:.1f}%")
         for key, name in (
             ("pointing_hit_rate_correct_ours", "our rule"),
+            ("pointing_hit_rate_correct_prior", "our rule + the other folds' evidence prior"),
             ("pointing_hit_rate_correct_constant", "a fixed point, no CAM (baseline)"),
         ):
             if numbers.get(key) is not None:
