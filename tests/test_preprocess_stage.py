@@ -266,3 +266,28 @@ def test_truth_masks_map_into_cache_space(processed: tuple[Path, Path, dict]) ->
     labels = mask_to_cache(truth / "truth", work, row["subject_id"], row["side"])
     assert labels is not None and labels.shape == (23, 224, 224) and labels.max() > 0
     assert mask_to_cache(truth / "truth", work, "0000000", "left") is None
+
+
+def test_truth_masks_without_the_cohort_images_name_the_missing_series(
+    processed: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
+    """Images deleted after preprocessing: a clear error naming the series, not a bare traceback."""
+    from kneepain.cam.compute import CamInputError
+    from kneepain.cam.localization import truth_mask_source
+
+    truth, work, _ = processed
+    moved = tmp_path / "work"
+    shutil.copytree(work / "ingest", moved / "ingest")
+    shutil.copytree(
+        work / "preprocess", moved / "preprocess", ignore=shutil.ignore_patterns("*.npy", "parts")
+    )
+    series = pd.read_csv(moved / "ingest" / "series.csv", dtype={"subject_id": str})
+    series["path"] = [str(tmp_path / "gone" / str(i)) for i in range(len(series))]
+    series.to_csv(moved / "ingest" / "series.csv", index=False)
+    knees = pd.read_csv(truth / "truth" / "knees.csv", dtype={"subject_id": str})
+    index = read_cache_index(work / "preprocess" / "index.csv")
+    row = knees[knees["subject_id"].isin(index["subject_id"]) & (knees["lesion_burden"] > 0)].iloc[0]
+    with pytest.raises(
+        CamInputError, match=f"subject {row['subject_id']} {row['side']}.*gone.*keep the cohort's images"
+    ):
+        truth_mask_source(truth / "truth", moved)(row["subject_id"], row["side"])

@@ -249,7 +249,10 @@ def truth_mask_source(truth_dir: str | Path, work: str | Path) -> MaskSource:
         ) from error
 
     def read(subject_id: str, side: str) -> np.ndarray | None:
-        return mask_to_cache(Path(truth_dir), Path(work), subject_id, side)
+        try:
+            return mask_to_cache(Path(truth_dir), Path(work), subject_id, side)
+        except (OSError, ValueError) as error:
+            raise CamInputError(f"truth mask of subject {subject_id} {side}: {error}") from error
 
     return read
 

@@ -39,7 +39,13 @@ def mask_to_cache(truth_dir: Path, work: Path, subject_id: str, side: str) -> np
     entry = entry.iloc[0]
     spacing = (float(entry["pixel_spacing_row_mm"]), float(entry["pixel_spacing_col_mm"]))
     # The same in-plane turn as series_io: rows inferior, columns posterior.
-    first = next(p for p in sorted(Path(entry["path"]).iterdir()) if p.is_file())
+    folder = Path(entry["path"])
+    if not folder.is_dir():
+        raise ValueError(
+            f"{folder}: series folder of subject {subject_id} {side} not found (truth masks are mapped"
+            " through the series' own orientation: keep the cohort's images)"
+        )
+    first = next(p for p in sorted(folder.iterdir()) if p.is_file())
     orientation = np.asarray(pydicom.dcmread(first, stop_before_pixels=True).ImageOrientationPatient, float)
     if orientation[5] > 0:
         labels = labels[:, ::-1, :]
