@@ -6,7 +6,7 @@ The synthetic pain propensity is the right knee's lesion burden minus the left o
 lesion type counting alike (severity units). Regressing the run's out-of-fold logit on the
 per-type severity differences (right minus left) shows which lesions the network sees: equal
 relative weights would mean it weighs them as the generator does. Prints Markdown: the weights
-(least squares, scipy), each relative to their mean, the share of subjects where the type
+(least squares, numpy), each relative to their mean, the share of subjects where the type
 differs between the knees, and R^2. Trains nothing; reads RUN/predictions.csv and
 COHORT/truth/knees.csv only.
 """
@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.special import logit
-from scipy.stats import linregress
 
 from kneepain.synth.lesions import MASK_LABELS
 
@@ -51,7 +50,8 @@ def lesion_weights(run: Path, truth: Path) -> pd.DataFrame:
     design = np.column_stack([x, np.ones(len(x))])
     coef, *_ = np.linalg.lstsq(design, y, rcond=None)
     weights = coef[:-1]
-    r2 = linregress(design @ coef, y).rvalue ** 2
+    residual = y - design @ coef
+    r2 = 1.0 - float(residual @ residual) / float(((y - y.mean()) ** 2).sum())
     return pd.DataFrame(
         {
             "weight": weights,

@@ -313,18 +313,21 @@ def evidence_priors(outputs: CamOutputs) -> dict[Any, np.ndarray]:
     training subjects would supply for a new person (approximated by the other folds' out-of-fold
     maps instead of the fold model's maps of its training subjects). A run with one fold gets none.
     """
-    folds = outputs.index["fold"].to_numpy()
-    if len(folds) == 0:
-        return {}
-    scaled = np.stack(
-        [
-            _unit_scale(
-                smoothed_difference(difference_maps(np.asarray(outputs.cams[i]), KNEES.index(side))[0])
-            )
-            for i, side in enumerate(outputs.index["painful_side"])
-        ]
-    )
-    return {fold: scaled[folds != fold].mean(axis=0) for fold in np.unique(folds) if (folds != fold).any()}
+    # Summed per fold while reading, so memory holds one map per fold, not one per subject.
+    totals: dict[Any, np.ndarray] = {}
+    counts: dict[Any, int] = {}
+    for i, (side, fold) in enumerate(zip(outputs.index["painful_side"], outputs.index["fold"], strict=True)):
+        difference, _ = difference_maps(np.asarray(outputs.cams[i]), KNEES.index(side))
+        scaled = _unit_scale(smoothed_difference(difference)).astype(np.float64)
+        totals[fold] = totals[fold] + scaled if fold in totals else scaled
+        counts[fold] = counts.get(fold, 0) + 1
+    priors = {}
+    for fold in totals:
+        others = [other for other in totals if other != fold]
+        if others:
+            total = sum(totals[other] for other in others)
+            priors[fold] = (total / sum(counts[other] for other in others)).astype(np.float32)
+    return priors
 
 
 def prior_hot_spot(

@@ -64,20 +64,21 @@ def register(app: typer.Typer) -> None:
                 info["pointing (correct, difference map)"] = (
                     f"{100 * summary['pointing_hit_rate_correct_difference']:.1f}%"
                 )
-                low, high = summary["pointing_hit_rate_correct_ours_ci95"]
-                ours = summary["pointing_hit_rate_correct_ours"] * 100
-                info["pointing (correct, ours)"] = f"{ours:.1f}% (95% CI {100 * low:.1f}-{100 * high:.1f}%)"
-                paired = summary["ours_vs_constant_correct"]
-                info["CAM-free fixed point"] = (
-                    f"{100 * summary['pointing_hit_rate_correct_constant']:.1f}% (only ours hits"
-                    f" {paired['ours_only']:g}, only the point {paired['baseline_only']:g},"
-                    f" McNemar p {paired['p_value']:.3g})"
-                )
+                info["pointing (correct, ours)"] = rule_against_fixed_point(summary, "ours")
+                info["CAM-free fixed point"] = f"{100 * summary['pointing_hit_rate_correct_constant']:.1f}%"
                 if summary["pointing_hit_rate_correct_prior"] is not None:
-                    low, high = summary["pointing_hit_rate_correct_prior_ci95"]
-                    paired = summary["prior_vs_constant_correct"]
-                    info["pointing (correct, ours + evidence prior)"] = (
-                        f"{100 * summary['pointing_hit_rate_correct_prior']:.1f}%"
-                        f" (95% CI {100 * low:.1f}-{100 * high:.1f}%; against the fixed point"
-                        f" {paired['ours_only']:g} vs {paired['baseline_only']:g}, p {paired['p_value']:.3g})"
+                    info["pointing (correct, ours + evidence prior)"] = rule_against_fixed_point(
+                        summary, "prior"
                     )
+
+
+def rule_against_fixed_point(summary: dict, rule: str) -> str:
+    """A hot-spot rule's hit rate with its Wilson interval and its paired test against the fixed point."""
+    low, high = summary[f"pointing_hit_rate_correct_{rule}_ci95"]
+    paired = summary[f"{rule}_vs_constant_correct"]
+    rate = 100 * summary[f"pointing_hit_rate_correct_{rule}"]
+    return (
+        f"{rate:.1f}% (95% CI {100 * low:.1f}-{100 * high:.1f}%;"
+        f" against the fixed point {paired['ours_only']:g} vs {paired['baseline_only']:g},"
+        f" McNemar p {paired['p_value']:.3g})"
+    )
