@@ -61,10 +61,20 @@ def test_alternative_branches_map_sizes(branch: type[nn.Module], size: int) -> N
 @pytest.mark.parametrize(
     ("mode", "head"), [("joint", "location"), ("paper", "location"), ("joint", "shared")]
 )
-def test_cams_decompose_the_logit_difference_exactly(combine: str, mode: str, head: str) -> None:
+@pytest.mark.parametrize("readout", ["direct", "swap_mean"])
+def test_cams_decompose_the_logit_difference_exactly(
+    combine: str, mode: str, head: str, readout: str
+) -> None:
     torch.manual_seed(0)
     model = build_model(
-        {"width": 0.0625, "input_size": 32, "combine": combine, "mode": mode, "head": head}
+        {
+            "width": 0.0625,
+            "input_size": 32,
+            "combine": combine,
+            "mode": mode,
+            "head": head,
+            "readout": readout,
+        }
     ).eval()
     with torch.no_grad():  # random head weights so every channel matters, both signs
         for parameter in model.classifier.parameters():
@@ -76,14 +86,26 @@ def test_cams_decompose_the_logit_difference_exactly(combine: str, mode: str, he
     assert cams.shape == (3, 2, 23, 4, 4)
     torch.testing.assert_close(logits, plain)
     bias = model.classifier.bias[1] - model.classifier.bias[0]
-    rebuilt = bias + cams[:, 1].mean(dim=(-2, -1)).sum(1) - cams[:, 0].mean(dim=(-2, -1)).sum(1)
+    assert float(model.cam_bias().detach()) == (0.0 if readout == "swap_mean" else float(bias.detach()))
+    rebuilt = model.cam_bias() + cams[:, 1].mean(dim=(-2, -1)).sum(1) - cams[:, 0].mean(dim=(-2, -1)).sum(1)
     torch.testing.assert_close(rebuilt, logits[:, 1] - logits[:, 0], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("combine", ["relu_diff", "diff"])
-def test_ensemble_averages_members_and_its_cams_still_decompose_the_logit(combine: str, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("combine", "readout"), [("relu_diff", "direct"), ("diff", "direct"), ("relu_diff", "swap_mean")]
+)
+def test_ensemble_averages_members_and_its_cams_still_decompose_the_logit(
+    combine: str, readout: str, tmp_path
+) -> None:
     torch.manual_seed(0)
-    architecture = {"width": 0.0625, "input_size": 32, "mode": "joint", "head": "shared", "combine": combine}
+    architecture = {
+        "width": 0.0625,
+        "input_size": 32,
+        "mode": "joint",
+        "head": "shared",
+        "combine": combine,
+        "readout": readout,
+    }
     ensemble = build_model({**architecture, "members": 3}).eval()
     torch.manual_seed(0)
     single = build_model(architecture).eval()
@@ -100,8 +122,9 @@ def test_ensemble_averages_members_and_its_cams_still_decompose_the_logit(combin
         torch.testing.assert_close(ensemble(x), logits)
     torch.testing.assert_close(logits, torch.stack([m[0] for m in members]).mean(0))
     torch.testing.assert_close(cams, torch.stack([m[1] for m in members]).mean(0))
-    bias = torch.stack([m.classifier.bias[1] - m.classifier.bias[0] for m in ensemble.members]).mean()
-    rebuilt = bias + cams[:, 1].mean(dim=(-2, -1)).sum(1) - cams[:, 0].mean(dim=(-2, -1)).sum(1)
+    rebuilt = (
+        ensemble.cam_bias() + cams[:, 1].mean(dim=(-2, -1)).sum(1) - cams[:, 0].mean(dim=(-2, -1)).sum(1)
+    )
     torch.testing.assert_close(rebuilt, logits[:, 1] - logits[:, 0], atol=1e-5, rtol=1e-5)
     loaded, meta = load_bundle(save_bundle(ensemble, {}, tmp_path / "b"))
     assert meta["architecture"]["members"] == 3 and len(loaded.members) == 3
@@ -145,6 +168,42 @@ def test_swapping_knees_swaps_the_diff_cams() -> None:
         atol=1e-5,
         rtol=1e-5,
     )
+
+
+def test_swap_mean_readout_is_antisymmetric_and_equals_half_weight_diff(tmp_path) -> None:
+    """swap_mean: the prediction for the swapped pair is the complement, identical knees give 0.5,
+    a relu_diff network reads out as the same network with diff and half the classifier weights
+    (bias dropped), training mode keeps the direct readout, and the choice survives a bundle."""
+    torch.manual_seed(0)
+    architecture = {"width": 0.0625, "input_size": 32, "mode": "joint", "head": "shared"}
+    model = build_model({**architecture, "readout": "swap_mean"}).eval()
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([0.7, -0.4]))
+    x = torch.rand(3, 2, 23, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        prob = torch.softmax(model(x), dim=1)[:, 1]
+        prob_swapped = torch.softmax(model(x.flip(1)), dim=1)[:, 1]
+        twins = torch.softmax(model(x[:, :1].expand(-1, 2, -1, -1, -1)), dim=1)[:, 1]
+        torch.testing.assert_close(prob + prob_swapped, torch.ones(3))
+        torch.testing.assert_close(twins, torch.full((3,), 0.5))
+        as_diff = build_model({**architecture, "combine": "diff"}).eval()
+        as_diff.load_state_dict(model.state_dict())
+        as_diff.classifier.shared_weight.mul_(0.5)
+        as_diff.classifier.bias.zero_()
+        d = model(x)[:, 1] - model(x)[:, 0]
+        torch.testing.assert_close(d, as_diff(x)[:, 1] - as_diff(x)[:, 0], atol=1e-5, rtol=1e-5)
+        _, cams = model.forward_with_cams(x)
+        _, diff_cams = as_diff.forward_with_cams(x)
+        torch.testing.assert_close(cams, diff_cams, atol=1e-5, rtol=1e-5)
+        direct = build_model(architecture).eval()
+        direct.load_state_dict(model.state_dict())
+        assert not torch.allclose(direct(x), model(x))
+        model.train()
+        torch.testing.assert_close(model(x), direct.train()(x))
+    loaded, meta = load_bundle(save_bundle(model.eval(), {}, tmp_path / "b"))
+    assert meta["architecture"]["readout"] == "swap_mean" and loaded.swap_mean
+    with pytest.raises(ValueError, match="readout must be one of"):
+        build_model({**architecture, "readout": "both"})
 
 
 def test_bad_input_shape_is_named() -> None:

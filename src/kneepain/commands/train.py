@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 RESUME = typer.Option(False, "--resume", help="Continue a stopped run exactly (same cache and settings).")
 SEED_HELP = "Seed of folds/splits, initialisation and augmentation."
 # ModelConfig's fields; the other options are TrainConfig's
-ARCHITECTURE_OPTIONS = ("branch", "width", "input_size", "combine", "mode", "head", "members")
+ARCHITECTURE_OPTIONS = ("branch", "width", "input_size", "combine", "mode", "head", "members", "readout")
 
 
 def _option(help_text: str, *flags: str, default: Any = None) -> Any:
@@ -42,6 +42,7 @@ class TrainingOptions:
     mode: str | None = _option("paper (23 location models + logistic fusion) | joint (end to end).")
     head: str | None = _option("location (published: one weight per slice location) | shared (one for all).")
     members: int | None = _option("Networks per model (different seeds); logits and CAMs averaged.")
+    readout: str | None = _option("direct | swap_mean (predict with the mean over both knee orders).")
     epochs: int | None = _option("Maximum epochs.")
     lr: float | None = _option("Initial learning rate.")
     batch_size: int | None = _option("Subjects per step (over all processes).")

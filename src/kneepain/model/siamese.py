@@ -23,7 +23,19 @@ Each knee's CAM is that knee's own contribution to the evidence that IT is the p
   left's is closed for both knees and contributes to neither map.
 - ``concat``: with w_s = [u_s, v_s], CAM_L,s = -(u_s . f_L,s) and CAM_R,s = +(v_s . f_R,s).
 In every case, exactly (up to rounding):
-    logit_1 - logit_0 = (b_1 - b_0) + sum_s mean_hw(CAM_R,s) - sum_s mean_hw(CAM_L,s).
+    logit_1 - logit_0 = (b_1 - b_0) + sum_s mean_hw(CAM_R,s) - sum_s mean_hw(CAM_L,s),
+with (b_1 - b_0) replaced by 0 under the ``swap_mean`` readout (:meth:`SiameseNet.cam_bias`).
+
+Two readouts (``readout``), applied in eval mode only (training always uses the combination as is):
+- ``direct``: the logits above.
+- ``swap_mean``: the mean of the prediction for (left, right) and for the swapped pair (right,
+  left), class-matched: logit_1 - logit_0 = (d(x) - d(swap x)) / 2. The branch maps are computed
+  once (swapping the knees only swaps the pooled vectors), so only the head runs twice. The
+  prediction becomes antisymmetric (identical knees give exactly 0.5) and the bias cancels; for
+  ``relu_diff`` it equals ``diff`` with half the trained weights, since ReLU(u) - ReLU(-u) = u.
+  The CAMs are the class-matched means of the two passes' CAMs, and the identity above holds
+  with the bias term 0. A network trained with ``relu_diff`` and knee-swap augmentation ranks
+  better read this way (docs/training.md).
 
 Two heads (``head``):
 - ``location`` (the paper's): the classifier has its own weights for every location's vector.
@@ -58,6 +70,7 @@ from kneepain.model.branches import BRANCHES, build_branch
 
 COMBINATIONS = ("relu_diff", "diff", "concat")
 MODES = ("joint", "paper")
+READOUTS = ("direct", "swap_mean")
 HEADS = ("location", "shared")
 
 
@@ -99,6 +112,7 @@ class ModelConfig(JsonRecord):
     n_locations: int = N_SLICES
     head: str = "location"  # location (paper: one weight per location) | shared (one for all)
     members: int = 1  # > 1: an ensemble of that many networks, logits and CAMs averaged
+    readout: str = "direct"  # eval mode: direct | swap_mean (mean over both knee orders)
 
     def __post_init__(self) -> None:
         if self.branch not in BRANCHES:
@@ -109,6 +123,8 @@ class ModelConfig(JsonRecord):
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
         if not (self.width > 0 and self.input_size >= 16 and self.n_locations >= 1 and self.members >= 1):
             raise ValueError(
                 f"width > 0, input_size >= 16, n_locations >= 1 and members >= 1 expected, got {self}"
@@ -168,9 +184,27 @@ class SiameseNet(nn.Module):
         return self.combine(self.feature_maps(x).mean(dim=(-2, -1)))
 
     # -- outputs ------------------------------------------------------------------------------
+    @property
+    def swap_mean(self) -> bool:
+        """True when this forward pass reads out the mean over both knee orders (eval mode only)."""
+        return self.config.readout == "swap_mean" and not self.training
+
+    def cam_bias(self) -> torch.Tensor:
+        """The constant of the CAM identity: b_1 - b_0, or 0 under the ``swap_mean`` readout."""
+        bias = self.classifier.bias
+        return torch.zeros_like(bias[0]) if self.swap_mean else bias[1] - bias[0]
+
+    def _logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 2) of pooled (B, 2, S, C) maps under this pass's readout."""
+        logits = self.classifier(self.combine(pooled).flatten(1))
+        if self.swap_mean:
+            swapped = self.classifier(self.combine(pooled.flip(1)).flatten(1))
+            logits = (logits + swapped.flip(-1)) / 2  # class-matched: right in the swap is left here
+        return logits
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, 2) of a batch (B, 2, S, H, W); class 1 = right knee painful."""
-        return self.classifier(self.features(x).flatten(1))
+        return self._logits(self.feature_maps(x).mean(dim=(-2, -1)))
 
     def forward_location(self, pair: torch.Tensor, location: int) -> torch.Tensor:
         """``paper`` mode, stage 1: logits of location ``location``'s own model on (B, 2, H, W)."""
@@ -181,16 +215,8 @@ class SiameseNet(nn.Module):
         pooled = maps.mean(dim=(-2, -1)).reshape(b, 2, -1)
         return self.location_heads[location](self.combine(pooled))
 
-    def forward_with_cams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (B, 2) and CAMs (B, 2 knees, S, h, w) from one forward pass (no hooks).
-
-        ``cams[:, k]`` is knee k's evidence that it is the painful knee; see the module docstring
-        for the exact identity with the logits.
-        """
-        maps = self.feature_maps(x)
-        pooled = maps.mean(dim=(-2, -1))
-        z = self.combine(pooled)
-        logits = self.classifier(z.flatten(1))
+    def _cams(self, maps: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """CAMs (B, 2, S, h, w) of the direct readout for final maps (B, 2, S, C, h, w)."""
         maps32 = maps.float()
         weight = self.classifier.weight.float()
         w = (weight[1] - weight[0]).reshape(self.config.n_locations, self.feature_dim)
@@ -204,10 +230,24 @@ class SiameseNet(nn.Module):
                 gate = (pooled[:, 0] - pooled[:, 1] > 0).float()  # (B, S, C): the ReLU's state
                 gated = gate * w
             else:
-                gated = w.expand(x.shape[0], -1, -1)
+                gated = w.expand(maps.shape[0], -1, -1)
             cam_left = -torch.einsum("bschw,bsc->bshw", left, gated)
             cam_right = -torch.einsum("bschw,bsc->bshw", right, gated)
-        return logits, torch.stack([cam_left, cam_right], dim=1)
+        return torch.stack([cam_left, cam_right], dim=1)
+
+    def forward_with_cams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, 2) and CAMs (B, 2 knees, S, h, w) from one forward pass (no hooks).
+
+        ``cams[:, k]`` is knee k's evidence that it is the painful knee; see the module docstring
+        for the exact identity with the logits.
+        """
+        maps = self.feature_maps(x)
+        pooled = maps.mean(dim=(-2, -1))
+        logits = self._logits(pooled)
+        cams = self._cams(maps, pooled)
+        if self.swap_mean:  # knee k of x is knee 1 - k of the swapped pair
+            cams = (cams + self._cams(maps.flip(1), pooled.flip(1)).flip(1)) / 2
+        return logits, cams
 
 
 class SiameseEnsemble(nn.Module):
@@ -221,6 +261,10 @@ class SiameseEnsemble(nn.Module):
         super().__init__()
         self.config = config
         self.members = nn.ModuleList(SiameseNet(replace(config, members=1)) for _ in range(config.members))
+
+    def cam_bias(self) -> torch.Tensor:
+        """The constant of the CAM identity: the members' mean (see :meth:`SiameseNet.cam_bias`)."""
+        return torch.stack([member.cam_bias() for member in self.members]).mean(dim=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mean logits (B, 2) of the members."""
