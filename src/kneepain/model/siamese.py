@@ -215,25 +215,25 @@ class SiameseNet(nn.Module):
         pooled = maps.mean(dim=(-2, -1)).reshape(b, 2, -1)
         return self.location_heads[location](self.combine(pooled))
 
-    def _cams(self, maps: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        """CAMs (B, 2, S, h, w) of the direct readout for final maps (B, 2, S, C, h, w)."""
-        maps32 = maps.float()
+    def _cams(
+        self, first: torch.Tensor, second: torch.Tensor, pooled: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Direct-readout CAMs (B, S, h, w) of the knees in the first and the second (right)
+        position, from their final maps (B, S, C, h, w) and the pooled pair (B, 2, S, C) in that order."""
         weight = self.classifier.weight.float()
         w = (weight[1] - weight[0]).reshape(self.config.n_locations, self.feature_dim)
-        left, right = maps32[:, 0], maps32[:, 1]
+        first, second = first.float(), second.float()
         if self.config.combine == "concat":
-            c = left.shape[2]
-            cam_left = -torch.einsum("bschw,sc->bshw", left, w[:, :c])
-            cam_right = torch.einsum("bschw,sc->bshw", right, w[:, c:])
+            c = first.shape[2]
+            return (
+                -torch.einsum("bschw,sc->bshw", first, w[:, :c]),
+                torch.einsum("bschw,sc->bshw", second, w[:, c:]),
+            )
+        if self.config.combine == "relu_diff":
+            gated = (pooled[:, 0] - pooled[:, 1] > 0).float() * w  # (B, S, C): the ReLU's state
         else:
-            if self.config.combine == "relu_diff":
-                gate = (pooled[:, 0] - pooled[:, 1] > 0).float()  # (B, S, C): the ReLU's state
-                gated = gate * w
-            else:
-                gated = w.expand(maps.shape[0], -1, -1)
-            cam_left = -torch.einsum("bschw,bsc->bshw", left, gated)
-            cam_right = -torch.einsum("bschw,bsc->bshw", right, gated)
-        return torch.stack([cam_left, cam_right], dim=1)
+            gated = w.expand(first.shape[0], -1, -1)
+        return -torch.einsum("bschw,bsc->bshw", first, gated), -torch.einsum("bschw,bsc->bshw", second, gated)
 
     def forward_with_cams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, 2) and CAMs (B, 2 knees, S, h, w) from one forward pass (no hooks).
@@ -244,10 +244,12 @@ class SiameseNet(nn.Module):
         maps = self.feature_maps(x)
         pooled = maps.mean(dim=(-2, -1))
         logits = self._logits(pooled)
-        cams = self._cams(maps, pooled)
-        if self.swap_mean:  # knee k of x is knee 1 - k of the swapped pair
-            cams = (cams + self._cams(maps.flip(1), pooled.flip(1)).flip(1)) / 2
-        return logits, cams
+        left, right = maps[:, 0], maps[:, 1]
+        cam_left, cam_right = self._cams(left, right, pooled)
+        if self.swap_mean:  # the swapped pair: the right knee first, the left knee in the right position
+            swapped_right, swapped_left = self._cams(right, left, pooled.flip(1))
+            cam_left, cam_right = (cam_left + swapped_left) / 2, (cam_right + swapped_right) / 2
+        return logits, torch.stack([cam_left, cam_right], dim=1)
 
 
 class SiameseEnsemble(nn.Module):
