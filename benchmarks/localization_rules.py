@@ -7,8 +7,10 @@ Reads ``RUN/cam`` (run ``kneepain cam RUN`` first) and the painful knees' truth 
 nothing. Prints Markdown: hit rates on correctly predicted subjects (and on all measured ones)
 for each rule, with effusion counted as a lesion or not and at a tolerance of one CAM cell or
 none, then where the misses of the main rules fall (wrong slice or wrong spot on a lesion slice).
-With ``--truth``, hit rates are also split by thirds of the lesion burden difference between the
-painful and the other knee (the generator's ``lesion_burden``, which drives the pain label).
+The row "ours + evidence prior" is the cam stage's fourth rule (the other folds' mean difference
+map added; absent for a one-fold run). With ``--truth``, hit rates are also split by thirds of
+the lesion burden difference between the painful and the other knee (the generator's
+``lesion_burden``, which drives the pain label).
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from kneepain.cam.localization import (
     cells_to_pixels,
     chance_hit_rate,
     constant_point_hits,
+    evidence_priors,
     hit_at,
     hot_spot,
     ours_hot_spot,
     peak_location,
+    prior_hot_spot,
     reachable_cells,
 )
 from kneepain.cam.stage import choose_masks
@@ -194,12 +198,13 @@ def main() -> None:
     masks, skipped = choose_masks(args.truth, args.cache_masks, work)
     if masks is None:
         raise SystemExit(f"no truth masks: {skipped}")
-    subjects, keys = [], []
+    subjects, keys, folds = [], [], []
     for position, row in enumerate(outputs.index.itertuples(index=False)):
         labels = masks(row.subject_id, row.painful_side)
         if labels is None or not np.any(labels):
             continue
         keys.append((str(row.subject_id), str(row.painful_side)))
+        folds.append(row.fold)
         knee = KNEES.index(row.painful_side)
         cams = np.asarray(outputs.cams[position], np.float32)
         subjects.append((cams[knee], cams[1 - knee], bool(row.correct), np.asarray(labels)))
@@ -210,6 +215,15 @@ def main() -> None:
         f"{args.run}: map {map_shape[0]} x {map_shape[1]}, {len(subjects)} subjects measured, "
         f"{correct.sum()} correctly predicted\n"
     )
+    # Every rule as a function of the subject's position in ``subjects``.
+    spots: dict[str, Callable[[int], Spot]] = {
+        name: (lambda i, rule=rule: rule(subjects[i][0], subjects[i][1])) for name, rule in RULES.items()
+    }
+    priors = evidence_priors(outputs)
+    if priors:
+        spots["ours + evidence prior (the other folds' mean difference map)"] = lambda i: prior_hot_spot(
+            subjects[i][0] - subjects[i][1], priors[folds[i]], SIZE
+        )
     settings = [(name, codes, tol) for name, codes in LESION_SETS.items() for tol in (1, 0)]
     header = [f"{name}, tolerance {tol}" for name, _, tol in settings]
     rows: dict[str, list[str]] = {}
@@ -218,11 +232,10 @@ def main() -> None:
         keep = [i for i, s in enumerate(subjects) if np.isin(s[3], codes).any()]
         lesions = {i: np.isin(subjects[i][3], codes) for i in keep}
         ok = correct[keep]
-        for rule_name, rule in RULES.items():
+        for rule_name, spot_of in spots.items():
             hits, slice_has_lesion = [], []
             for i in keep:
-                painful, other, _, _ = subjects[i]
-                k, spot = rule(painful, other)
+                k, spot = spot_of(i)
                 hits.append(hit_at(lesions[i][k], spot, cell, tol))
                 slice_has_lesion.append(bool(lesions[i][k].any()))
             hits_arr, on_lesion = np.array(hits), np.array(slice_has_lesion)
