@@ -218,11 +218,11 @@ class SiameseNet(nn.Module):
     def _cams(
         self, first: torch.Tensor, second: torch.Tensor, pooled: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Direct-readout CAMs (B, S, h, w) of the knees in the first and the second (right)
-        position, from their final maps (B, S, C, h, w) and the pooled pair (B, 2, S, C) in that order."""
+        """Direct-readout CAMs (B, S, h, w) of the knees in the first (left) and the second (right)
+        position, from their float32 final maps (B, S, C, h, w) and the pooled pair (B, 2, S, C)
+        in that order."""
         weight = self.classifier.weight.float()
         w = (weight[1] - weight[0]).reshape(self.config.n_locations, self.feature_dim)
-        first, second = first.float(), second.float()
         if self.config.combine == "concat":
             c = first.shape[2]
             return (
@@ -244,7 +244,7 @@ class SiameseNet(nn.Module):
         maps = self.feature_maps(x)
         pooled = maps.mean(dim=(-2, -1))
         logits = self._logits(pooled)
-        left, right = maps[:, 0], maps[:, 1]
+        left, right = maps[:, 0].float(), maps[:, 1].float()  # once, for both passes under swap_mean
         cam_left, cam_right = self._cams(left, right, pooled)
         if self.swap_mean:  # the swapped pair: the right knee first, the left knee in the right position
             swapped_right, swapped_left = self._cams(right, left, pooled.flip(1))
