@@ -1,31 +1,36 @@
 // kneepain review: the case page. Plain JS, no libraries.
-// Every change of the lesion categories is saved at once (one SQLite transaction per save);
-// the note is saved after a short pause in typing and when it loses focus. Saves are sent one at
-// a time, each based on the version the previous one returned, so a quick series of keys never
-// trips the server's stale-version check.
+// The signed-in reviewer is the server's (cookie); the page never names a reviewer in a request.
+// Every change of the lesion categories is saved at once (one SQLite transaction per save); the
+// note is saved after a short pause in typing, when it loses focus, and when the page is hidden
+// or closed (a keepalive request that outlives the tab). Saves are sent one at a time, each based
+// on the version the previous one returned, so a quick series of keys never trips the server's
+// stale-version check. The prediction is the server's to release: only after the label is saved.
 "use strict";
 
 const data = JSON.parse(document.getElementById("case-data").textContent);
 const caseUrl = "/api/cases/" + encodeURIComponent(data.case_id);
-const reviewerInput = document.getElementById("reviewer");
 const statusLine = document.getElementById("status");
 const noteInput = document.getElementById("note");
 const sliceInput = document.getElementById("slice");
 const opacityInput = document.getElementById("opacity");
+const revealButton = document.getElementById("reveal");
 const boxes = data.categories.map((c) => document.getElementById("cat-" + c.key));
 
 let version = 0;
 let saving = null; // the save in flight, if any
 let again = false; // another save was asked for while one was in flight
 let noteTimer = null;
+let dirty = false; // a change not yet acknowledged by the server
 
 function say(text, kind) {
   statusLine.textContent = text;
   statusLine.className = kind || "";
 }
 
-function reviewer() {
-  return reviewerInput.value.trim();
+function setVersion(v) {
+  version = v;
+  document.body.dataset.version = String(version);
+  if (revealButton) revealButton.disabled = !data.admin && version < 1;
 }
 
 function setSlice(k) {
@@ -35,9 +40,8 @@ function setSlice(k) {
   const best = k === data.best_slice ? " · highest mean CAM" : "";
   document.getElementById("slice-label").textContent =
     k + " (offset " + (offset > 0 ? "+" : "") + offset + ")" + best;
-  for (const [id, side] of [["knee-painful", data.painful_side], ["knee-other", data.other_side]]) {
-    const base = "/cases/" + encodeURIComponent(data.case_id) + "/slices/" + side + "/" + k;
-    const figure = document.getElementById(id);
+  for (const figure of document.querySelectorAll("figure.knee")) {
+    const base = "/cases/" + encodeURIComponent(data.case_id) + "/slices/" + figure.dataset.side + "/" + k;
     figure.querySelector("img.mri").src = base + "/mri.png";
     figure.querySelector("img.cam").src = base + "/cam.png";
   }
@@ -50,27 +54,26 @@ function setOpacity(percent) {
 }
 
 function showRecord(record) {
-  version = record.version;
+  setVersion(record.version);
   const chosen = new Set(record.lesions);
   boxes.forEach((box) => { box.checked = chosen.has(box.value); });
   noteInput.value = record.note;
-  document.body.dataset.version = String(version);
   if (record.saved_at) say("Saved (version " + version + ", " + record.saved_at + ")", "saved");
-  else say("Not yet reviewed by " + reviewer() + ".");
+  else say("Not yet labelled by you (" + data.reviewer + ").");
 }
 
 async function load() {
-  if (!reviewer()) {
-    say("Enter your reviewer name (top right) to record this case.", "error");
+  if (data.admin) {
+    say("Admin view: read-only.");
     return;
   }
-  localStorage.setItem("kneepain-reviewer", reviewer());
-  const response = await fetch(caseUrl + "/review?reviewer=" + encodeURIComponent(reviewer()));
+  const response = await fetch(caseUrl + "/review");
   if (!response.ok) {
-    say("Could not load the review: " + (await detail(response)), "error");
+    say("Could not load your label: " + (await detail(response)), "error");
     return;
   }
   showRecord(await response.json());
+  if (data.revealed) reveal();
 }
 
 async function detail(response) {
@@ -83,34 +86,35 @@ async function detail(response) {
   }
 }
 
-async function saveOnce() {
-  const body = {
-    reviewer: reviewer(),
+function body() {
+  return JSON.stringify({
     lesions: boxes.filter((box) => box.checked).map((box) => box.value),
     note: noteInput.value,
     version: version,
-  };
+  });
+}
+
+async function saveOnce() {
   say("Saving…");
+  dirty = false;
   const response = await fetch(caseUrl + "/review", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify(body),
+    body: body(),
   });
   if (response.ok) {
     const record = await response.json();
-    version = record.version;
-    document.body.dataset.version = String(version);
+    setVersion(record.version);
     say("Saved (version " + version + ", " + record.saved_at + ")", "saved");
   } else {
+    dirty = true;
     say("Not saved: " + (await detail(response)), "error");
   }
 }
 
 async function save() {
-  if (!reviewer()) {
-    say("Enter your reviewer name (top right) before recording.", "error");
-    return;
-  }
+  if (data.admin) return;
+  dirty = true;
   if (saving) {
     again = true;
     return saving;
@@ -126,6 +130,20 @@ async function save() {
   } finally {
     saving = null;
   }
+}
+
+function saveBeforeLeaving() {
+  // the tab may be gone before a normal request finishes: keepalive lets this one outlive it
+  if (data.admin || !(dirty || noteTimer) || saving) return;
+  clearTimeout(noteTimer);
+  noteTimer = null;
+  dirty = false;
+  fetch(caseUrl + "/review", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: body(),
+    keepalive: true,
+  });
 }
 
 function toggle(index) {
@@ -144,17 +162,36 @@ function exclusive(box) {
 }
 
 async function reveal() {
+  if (!revealButton || revealButton.disabled) return;
   const response = await fetch(caseUrl + "/prediction");
-  if (!response.ok) return;
+  if (!response.ok) {
+    say(await detail(response), "error");
+    return;
+  }
   const p = await response.json();
-  const verdict = p.correct ? "correct" : "wrong";
-  document.getElementById("prediction").textContent =
-    "Model: P(right painful) = " + p.prob_right.toFixed(3) + " → " + p.predicted_side + " knee (" + verdict + ")";
+  const parts = [];
+  if (p.painful_side) {
+    const sideOf = { a: p.knee_a, b: p.knee_a === "left" ? "right" : "left" };
+    for (const figure of document.querySelectorAll("figure.knee")) {
+      const side = sideOf[figure.dataset.side];
+      const caption = figure.querySelector("figcaption");
+      caption.textContent += " = " + side + (side === p.painful_side ? " (painful)" : " (other)");
+    }
+    parts.push("Painful knee: " + p.painful_side);
+  }
+  if (p.predicted_side) {
+    const verdict = p.correct ? "correct" : "wrong";
+    parts.push("Model: P(right painful) = " + p.prob_right.toFixed(3) + " → " + p.predicted_side +
+      " knee (" + verdict + ")");
+  }
+  document.getElementById("prediction").textContent = parts.join(" · ");
+  revealButton.disabled = true;
 }
 
 async function go(link) {
   if (!link) return;
   clearTimeout(noteTimer);
+  if (noteTimer) { noteTimer = null; save(); }
   if (saving) await saving;
   window.location.href = link.href;
 }
@@ -162,22 +199,24 @@ async function go(link) {
 boxes.forEach((box) => box.addEventListener("change", () => { exclusive(box); save(); }));
 noteInput.addEventListener("input", () => {
   clearTimeout(noteTimer);
-  noteTimer = setTimeout(save, 800);
+  noteTimer = setTimeout(() => { noteTimer = null; save(); }, 800);
 });
 noteInput.addEventListener("blur", () => {
   if (noteTimer) { clearTimeout(noteTimer); noteTimer = null; save(); }
 });
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "hidden") saveBeforeLeaving();
+});
+window.addEventListener("pagehide", saveBeforeLeaving);
 sliceInput.addEventListener("input", () => setSlice(Number(sliceInput.value)));
 opacityInput.addEventListener("input", () => setOpacity(Number(opacityInput.value)));
-reviewerInput.addEventListener("change", load);
 document.getElementById("review").addEventListener("submit", (event) => { event.preventDefault(); save(); });
-document.getElementById("reveal").addEventListener("click", reveal);
+if (revealButton) revealButton.addEventListener("click", reveal);
 
 document.addEventListener("keydown", (event) => {
   const target = event.target;
-  const typing = target.tagName === "TEXTAREA" || (target.tagName === "INPUT" && target.type === "text")
-    || target === reviewerInput;
-  if (typing || event.ctrlKey || event.metaKey || event.altKey) return;
+  const typing = target.tagName === "TEXTAREA" || (target.tagName === "INPUT" && target.type === "text");
+  if (typing || event.ctrlKey || event.metaKey || event.altKey || data.admin && /^[1-9]$/.test(event.key)) return;
   const number = Number(event.key);
   if (Number.isInteger(number) && number >= 1 && number <= boxes.length) toggle(number - 1);
   else if (event.key === "ArrowRight") setSlice(Number(sliceInput.value) + 1);
@@ -191,7 +230,7 @@ document.addEventListener("keydown", (event) => {
   event.preventDefault();
 });
 
-reviewerInput.value = data.reviewer || localStorage.getItem("kneepain-reviewer") || "";
+setVersion(0);
 setSlice(data.best_slice);
 setOpacity(Number(opacityInput.value));
 load();
