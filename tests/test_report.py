@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from kneepain.cam.stage import run_cam_stage
 from kneepain.cli import app
 from kneepain.evaluate.stage import EvaluateOptions, evaluate_run
+from kneepain.ingest.table1 import table1
+from kneepain.report.html import build_report
+from test_cam import load_test_bundle, write_masks
+from test_cam import make_run as make_cam_run
 from test_evaluate_stage import write_cohort, write_run
-
-if TYPE_CHECKING:
-    from playwright.sync_api import Browser
 
 
 class Links(HTMLParser):
@@ -37,51 +39,67 @@ class Links(HTMLParser):
             self.images.append(dict(attrs).get("id") or "")
 
 
+ARCHITECTURE = {
+    "branch": "kneenet",
+    "combine": "relu_diff",
+    "head": "shared",
+    "input_size": 224,
+    "width": 0.25,
+}
+RUN_INFO = {
+    "kind": "cv",
+    "folds": 3,
+    "architecture": ARCHITECTURE,
+    "training": {"optimizer": "adam", "epochs": 12},
+}
+REPR = re.compile(r"\{'|<kneepain\.|array\(| object at 0x|np\.float")  # Python reprs a reader must never see
+
+
+def write_cam_folder(tmp_path: Path, run: Path) -> None:
+    """RUN/cam as the real cam stage writes it (four participants, stand-in bundles, truth masks)."""
+    cam_run = make_cam_run(tmp_path / "cam-source")
+    run_cam_stage(cam_run, cache_masks=write_masks(tmp_path / "masks"), loader=load_test_bundle)
+    shutil.copytree(cam_run / "cam", run / "cam")
+
+
+def write_qc(work: Path) -> None:
+    """preprocess/qc.csv in the stage's shape: automatic and manual decisions of four knees."""
+    rows = [
+        ("9000100", "left", False, "motion: ghosting along the phase direction (score 0.21 > 0.08)", "pass"),
+        ("9000101", "right", False, "blank_slices: 3 of 37 slices blank", "fail"),
+        ("9000102", "left", True, "", ""),
+        ("9000103", "right", False, "motion: ghosting along the phase direction (score 0.33 > 0.08)", ""),
+    ]
+    frame = pd.DataFrame(rows, columns=["subject_id", "side", "auto_pass", "auto_reason", "manual"])
+    frame["qc_pass"] = np.where(frame["manual"] == "", frame["auto_pass"], frame["manual"] == "pass")
+    manual_reason = "manual fail: " + frame["auto_reason"]
+    frame["qc_reason"] = np.where(
+        frame["qc_pass"], "", np.where(frame["manual"] == "fail", manual_reason, frame["auto_reason"])
+    )
+    (work / "preprocess").mkdir(exist_ok=True)
+    frame.to_csv(work / "preprocess" / "qc.csv", index=False)
+
+
 def full_run(tmp_path: Path, **info: object) -> Path:
-    """A run with every stage's output: evaluation, funnel, Table 1, split balance, QC, CAM overlays."""
+    """A cross-validation run with every stage's output: evaluation, funnel, Table 1, QC, CAMs."""
     work = tmp_path / "work"
     cohort = write_cohort(work)
-    run = write_run(work, "kneenet", cohort, config={"architecture": "kneenet", "epochs": 3}, **info)
+    run = write_run(work, "kneenet", cohort, **{**RUN_INFO, **info})
     evaluate_run(run, EvaluateOptions(n_bootstrap=100, seed=1))
     pd.DataFrame({"step": ["enrolled", "both knees imaged", "Model A"], "n": [80, 70, 60]}).to_csv(
         work / "ingest" / "funnel.csv", index=False
     )
-    pd.DataFrame(
-        {"characteristic": ["age, years", "female, n (%)"], "value": ["61.2 (8.9)", "31 (52%)"]}
-    ).to_csv(work / "ingest" / "table1.csv", index=False)
-    pd.DataFrame({"fold": [0, 1, 2], "n": [20, 20, 20], "right_painful": [9, 10, 11]}).to_csv(
-        run / "split_balance.csv", index=False
-    )
-    (work / "preprocess").mkdir()
-    pd.DataFrame(
-        {"subject_id": ["9000100", "9000101"], "side": ["left", "right"], "qc_reason": ["", "blank slices"]}
-    ).to_csv(work / "preprocess" / "qc.csv", index=False)
-    (run / "cam" / "overlays").mkdir(parents=True)
-    rows = cohort.head(3)
-    for subject, label in zip(rows["subject_id"], rows["label"], strict=True):
-        image = np.zeros((64, 64, 3), np.uint8)
-        image[16:48, 16:48] = (0, 0, 255)
-        cv2.imwrite(str(run / "cam" / "overlays" / f"{subject}_{'right' if label else 'left'}.png"), image)
-    pd.DataFrame(
-        {
-            "subject_id": rows["subject_id"],
-            "label": rows["label"],
-            "prob_right": [0.8, 0.3, 0.6],
-            "painful_side": np.where(rows["label"] == 1, "right", "left"),
-        }
-    ).to_csv(run / "cam" / "index.csv", index=False)
-    localization = {
-        "backbone": "kneenet",
-        "map_size": [28, 28],
-        "area_above_half_pct_mean": 6.04,
-        "area_above_half_pct_sd": 2.41,
-        "pointing_hit_rate_correct": 0.8125,
-        "pointing_n_correct": 16,
-        "pointing_hit_rate_all": None,
-        "localization_skipped": "",
-    }
-    (run / "cam" / "localization.json").write_text(json.dumps(localization))
+    table1(cohort).to_csv(work / "ingest" / "table1.csv", index=False)
+    write_qc(work)
+    write_cam_folder(tmp_path, run)
     return run
+
+
+def section_html(html: str, key: str) -> str:
+    """The HTML of one report section."""
+    start = html.index(f'<section id="{key}">')
+    end = html.find("<section", start + 1)
+    return html[start : end if end > 0 else len(html)]
 
 
 def test_report_is_self_contained_and_shows_every_section(tmp_path: Path) -> None:
@@ -94,16 +112,79 @@ def test_report_is_self_contained_and_shows_every_section(tmp_path: Path) -> Non
     external = [u for u in links.urls if not (u.startswith("data:") or u.startswith("#"))]
     assert external == []
     assert "url(" not in html and "@import" not in html
-    assert {"roc-image", "calibration-image", "cam-0", "cam-1", "cam-2"} <= set(links.images)
+    cases = {f"case-{sid}" for sid in ("9000001", "9000002", "9000003", "9000004")}
+    assert {"roc-image", "calibration-image", *cases} <= set(links.images)
     assert 'id="synthetic-notice"' in html and "not clinical results" in html
     assert "not run" not in html  # every input exists
+    assert not REPR.search(html), REPR.search(html)
     metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
     assert f"{metrics['auc']:.3f}" in html
-    expected = ["both knees imaged", "61.2 (8.9)", "right_painful", "blank slices", "kneenet", "scikit-learn"]
+    expected = [
+        "both knees imaged",
+        "Percent female",
+        "p, paper&#39;s method",
+        "Per fold of the cross-validation",
+    ]
+    expected += ["manual fail", "kneenet network (width x0.25", "scikit-learn"]
     expected += ["Difference in KL grade between two knees = 0", "No comparison was requested"]
-    expected += ["28 x 28", "6.0", "81.2%", "pointing game, correctly predicted subjects"]
+    expected += ["28 x 28", "100.0%", "Correct predictions", "Wrong predictions", "bone marrow lesion"]
     for text in expected:
         assert text in html, text
+    cam = section_html(html, "cam")
+    assert cam.index("Does the hot spot fall") < cam.index("Correct predictions")  # caption before its table
+    assert "Participant 9000003, fold 0: painful knee right, predicted left" in cam
+
+
+def test_p_values_and_headers_read_as_a_reader_expects(tmp_path: Path) -> None:
+    run = full_run(tmp_path, synthetic=True)
+    table = pd.read_csv(run.parent.parent / "ingest" / "table1.csv")
+    table.loc[1, "p_value"] = 0.00001
+    table.to_csv(run.parent.parent / "ingest" / "table1.csv", index=False)
+    build_report(run)
+    html = (run / "report.html").read_text()
+    table1_html = section_html(html, "table1")
+    assert "&lt;0.001" in table1_html
+    assert not re.search(r"\d\.\d{4,}", table1_html)  # no p-value to six decimals
+    assert "<th>p_value" not in html and "<th>right_pain<" not in html  # no snake_case header
+    cam = section_html(html, "cam")
+    assert "can end in .5" in cam  # half counts of the fixed point explained beside the table
+
+
+def test_qc_section_lists_only_the_manual_decisions_that_differ(tmp_path: Path) -> None:
+    run = full_run(tmp_path, synthetic=True)
+    build_report(run)
+    qc = section_html((run / "report.html").read_text(), "qc")
+    assert "1 of 4 knees passed" not in qc and "2 of 4 knees passed quality control" in qc
+    assert "Manual decisions that changed the automatic one" in qc
+    assert "9000100" in qc  # automatic fail, manual pass: listed
+    assert "9000101" not in qc  # manual fail confirms the automatic fail: not listed
+    assert "<td>motion</td>" in qc and "<td>2</td>" not in qc  # one motion failure left after the override
+    assert qc.count("auto_reason") == 0
+
+
+def test_cross_validation_run_reports_split_balance_per_fold(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    cohort = write_cohort(work)
+    run = write_run(work, "cv", cohort, **RUN_INFO)
+    predictions = pd.read_csv(run / "predictions.csv", dtype={"subject_id": str})
+    held = [sorted(predictions.loc[predictions["fold"] != k, "subject_id"])[:4] for k in range(3)]
+    folds = [sorted(predictions.loc[predictions["fold"] == k, "subject_id"]) for k in range(3)]
+    (run / "folds.json").write_text(json.dumps({"seed": 0, "n_folds": 3, "folds": folds, "validation": held}))
+    evaluate_run(run, EvaluateOptions(n_bootstrap=50, seed=1))
+    balance = pd.read_csv(run / "evaluation" / "fold_balance.csv").set_index(["fold", "part"])
+    members = cohort[cohort["model_a"]].set_index("subject_id")
+    for k in range(3):
+        test = members.loc[folds[k]]
+        assert balance.loc[(k, "test"), "n"] == len(test)
+        assert balance.loc[(k, "validation"), "n"] == 4
+        assert balance.loc[(k, "train"), "n"] == len(members) - len(test) - 4
+        assert balance.loc[(k, "test"), "right_painful_pct"] == pytest.approx(100 * test["label"].mean())
+        assert balance.loc[(k, "test"), "women_pct"] == pytest.approx(100 * (test["sex"] == "female").mean())
+        assert balance.loc[(k, "test"), "age_mean"] == pytest.approx(test["age"].mean())
+    build_report(run)
+    split = section_html((run / "report.html").read_text(), "split-balance")
+    assert "not run" not in split and "Per fold of the cross-validation" in split
+    assert "<th>BMI, kg/m²</th>" in split
 
 
 def test_missing_stages_are_named_not_fatal(tmp_path: Path) -> None:
@@ -137,25 +218,6 @@ def test_truth_folder_beside_recorded_images_marks_the_data_synthetic(
     assert result.exit_code == 0, result.output
     html = (run / "report.html").read_text()
     assert 'id="synthetic-notice"' in html and str(cohort_dir / "truth") in html
-
-
-@pytest.mark.browser
-def test_report_renders_in_headless_chromium(tmp_path: Path, chromium: Browser) -> None:
-    run = full_run(tmp_path, synthetic=True)
-    CliRunner().invoke(app, ["report", str(run)])
-    screenshot = tmp_path / "report.png"
-    page = chromium.new_page(viewport={"width": 1200, "height": 900})
-    requests: list[str] = []
-    page.on("request", lambda request: requests.append(request.url))
-    page.goto((run / "report.html").resolve().as_uri())
-    page.wait_for_load_state("load")
-    assert page.evaluate("document.getElementById('roc-image').naturalWidth") > 0
-    assert page.evaluate("document.getElementById('cam-0').naturalWidth") == 64
-    assert page.locator("#synthetic-notice").is_visible()
-    assert "SYNTHETIC DATA" in page.locator("#synthetic-notice").inner_text()
-    page.screenshot(path=str(screenshot), full_page=True)
-    assert [r for r in requests if not r.startswith(("file:", "data:"))] == []
-    assert screenshot.stat().st_size > 10_000
 
 
 def test_malformed_run_json_is_named_not_a_traceback(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ figure took 0.7-3 s per PNG on the 2-core machine, which made `cam` on 229 subje
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,12 @@ MARGIN = 12
 TITLE_HEIGHT = 44
 BAR_WIDTH = 18
 HEAT_ALPHA = 0.45  # as cam.overlay: the heat map over the MRI
+OVERLAY_WIDTH = 3 * MARGIN + 2 * PANEL + MARGIN + BAR_WIDTH + 40  # pixels: 2 panels, bar and its labels
+
+
+def overlay_layout() -> dict[str, str]:
+    """Width (pixels) of an :func:`overlay_image` and the share of it its two panels fill."""
+    return {"width_px": str(OVERLAY_WIDTH), "plot_fraction": str(round(2 * PANEL / OVERLAY_WIDTH, 3))}
 
 
 def heat_bgr(cam: np.ndarray, low: float, high: float, size: int) -> np.ndarray:
@@ -94,8 +101,7 @@ def overlay_image(
     cv2.drawMarker(blended, centre, (0, 0, 0), cv2.MARKER_CROSS, 22, 1)
     bar_levels = np.linspace(255, 0, PANEL).astype(np.uint8)[:, None].repeat(BAR_WIDTH, axis=1)
     bar = cv2.applyColorMap(bar_levels, cv2.COLORMAP_JET)
-    width = 3 * MARGIN + 2 * PANEL + MARGIN + BAR_WIDTH + 40
-    canvas = np.full((TITLE_HEIGHT + PANEL + MARGIN, width, 3), 255, np.uint8)
+    canvas = np.full((TITLE_HEIGHT + PANEL + MARGIN, OVERLAY_WIDTH, 3), 255, np.uint8)
     top = TITLE_HEIGHT
     canvas[top : top + PANEL, MARGIN : MARGIN + PANEL] = heat
     left = 2 * MARGIN + PANEL
@@ -141,3 +147,99 @@ def write_overlays(outputs: CamOutputs, out_dir: Path | None = None) -> list[Pat
             )
             written.append(target)
     return written
+
+
+# --- the report's gallery: one figure per case, both knees and every hot-spot rule -------------------
+
+CASE_PANEL = 384  # display size of each cache slice in a case figure
+CASE_TITLE = 70  # two title lines above each panel
+TITLE_SCALE = 0.8  # OpenCV font scale of panel titles (shrunk where a title would overflow its panel)
+CASE_GAP = 14
+CASE_BAR = 16
+OUTLINE_BGR = (80, 255, 80)  # the true lesion outline: bright green, apart from every jet colour
+GALLERY_DIR = "gallery"
+GALLERY_TABLE = "gallery.csv"
+GALLERY_CORRECT, GALLERY_WRONG = 4, 4  # cases shown of each kind
+
+
+@dataclass(frozen=True)
+class CasePanel:
+    """One slice of a case figure: the MRI, the map over it, a hot spot and the true lesion outline.
+
+    ``spot`` is a (row, col) position in cache pixels; ``window`` the pointing-game reach around it
+    in pixels (a mask pixel inside the square counts as a hit); ``outline`` the lesion mask of this
+    slice (cache pixels) or None when there is no truth.
+    """
+
+    title: tuple[str, str]
+    mri: np.ndarray
+    cam: np.ndarray
+    low: float
+    high: float
+    spot: tuple[float, float] | None = None
+    window: tuple[float, float] = (0.0, 0.0)
+    outline: np.ndarray | None = None
+
+
+def _panel_pixels(panel: CasePanel) -> np.ndarray:
+    """The panel as BGR pixels: grey MRI, heat map blended over it, outline, spot and its hit window."""
+    import cv2
+
+    size = CASE_PANEL
+    factor = size / panel.mri.shape[0]
+    grey = cv2.resize(np.asarray(panel.mri, np.uint8), (size, size), interpolation=cv2.INTER_LINEAR)
+    heat = heat_bgr(panel.cam, panel.low, panel.high, size)
+    image = cv2.addWeighted(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR), 1 - HEAT_ALPHA, heat, HEAT_ALPHA, 0)
+    if panel.outline is not None and np.any(panel.outline):
+        mask = cv2.resize(
+            np.asarray(panel.outline > 0, np.uint8), (size, size), interpolation=cv2.INTER_NEAREST
+        )
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(image, contours, -1, (0, 0, 0), 4, cv2.LINE_AA)
+        cv2.drawContours(image, contours, -1, OUTLINE_BGR, 2, cv2.LINE_AA)
+    if panel.spot is not None and all(np.isfinite(panel.spot)):
+        row, col = ((v + 0.5) * factor for v in panel.spot)
+        centre = (round(col), round(row))
+        reach = [max(r * factor, 3.0) for r in panel.window]
+        corner0 = (round(col - reach[1]), round(row - reach[0]))
+        corner1 = (round(col + reach[1]), round(row + reach[0]))
+        cv2.rectangle(image, corner0, corner1, (0, 0, 0), 4, cv2.LINE_AA)
+        cv2.rectangle(image, corner0, corner1, (255, 255, 255), 2, cv2.LINE_AA)
+        cv2.drawMarker(image, centre, (0, 0, 0), cv2.MARKER_CROSS, 30, 5)
+        cv2.drawMarker(image, centre, (255, 255, 255), cv2.MARKER_CROSS, 30, 2)
+    return image
+
+
+def case_image(panels: list[CasePanel], columns: int = 2) -> tuple[np.ndarray, float]:
+    """The panels in a grid (``columns`` wide) with their titles and one colour bar; BGR pixels.
+
+    Returns the image and the share of its width the panels fill (the rest is margin and bar).
+    """
+    import cv2
+
+    rows = -(-len(panels) // columns)
+    cell_w, cell_h = CASE_PANEL + CASE_GAP, CASE_TITLE + CASE_PANEL + CASE_GAP
+    bar_left = CASE_GAP + columns * cell_w
+    width = bar_left + CASE_BAR + 44
+    canvas = np.full((rows * cell_h + CASE_GAP, width, 3), 255, np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for i, panel in enumerate(panels):
+        top, left = CASE_GAP + (i // columns) * cell_h, CASE_GAP + (i % columns) * cell_w
+        for line, text in enumerate(panel.title):
+            weight = 2 if line == 0 else 1
+            width = cv2.getTextSize(text, font, 1.0, weight)[0][0]
+            size = min(TITLE_SCALE, CASE_PANEL / max(width, 1))  # as large as fits the panel's width
+            cv2.putText(
+                canvas, text, (left, top + 24 + 30 * line), font, size, (0, 0, 0), weight, cv2.LINE_AA
+            )
+        canvas[top + CASE_TITLE : top + CASE_TITLE + CASE_PANEL, left : left + CASE_PANEL] = _panel_pixels(
+            panel
+        )
+    bar_top = CASE_GAP + CASE_TITLE
+    levels = np.linspace(255, 0, CASE_PANEL).astype(np.uint8)[:, None].repeat(CASE_BAR, axis=1)
+    canvas[bar_top : bar_top + CASE_PANEL, bar_left : bar_left + CASE_BAR] = cv2.applyColorMap(
+        levels, cv2.COLORMAP_JET
+    )
+    for text, y in (("high", bar_top + 12), ("low", bar_top + CASE_PANEL)):
+        cv2.putText(canvas, text, (bar_left + CASE_BAR + 4, y), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return canvas, round(columns * CASE_PANEL / width, 3)

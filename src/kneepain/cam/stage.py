@@ -18,6 +18,7 @@ from kneepain.cam.compute import (
     read_run,
     write_cam_outputs,
 )
+from kneepain.cam.gallery import write_gallery
 from kneepain.cam.localization import (
     MaskSource,
     folder_mask_source,
@@ -26,7 +27,7 @@ from kneepain.cam.localization import (
     summarize,
     truth_mask_source,
 )
-from kneepain.cam.overlay import write_overlays
+from kneepain.cam.overlay import GALLERY_DIR, write_overlays
 from kneepain.console import console
 from kneepain.fileio import atomic_dir, write_csv, write_json, write_text
 
@@ -85,6 +86,8 @@ def run_cam_stage(
         table = localize(outputs, masks, tolerance_cells)
         summary = summarize(table, result.meta["backbone"], result.meta["map_size"])
         summary.update(run_id=run.run_id, tolerance_cells=tolerance_cells, localization_skipped=skipped)
+        if overlays:
+            write_gallery(outputs, table, masks, tmp / GALLERY_DIR, tolerance_cells)
         write_csv(tmp / LOCALIZATION_TABLE, table)
         write_json(tmp / LOCALIZATION_SUMMARY, summary)
         if masks is not None:

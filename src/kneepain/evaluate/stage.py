@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kneepain.contracts import PREDICTIONS_TABLE, WorkPaths
+from kneepain.evaluate.balance import FOLD_BALANCE_TABLE, fold_balance
 from kneepain.evaluate.compare import compare_runs, comparison_table
 from kneepain.evaluate.delong import OneClassError, delong_ci
 from kneepain.evaluate.figures import RocCurve, plot_calibration, plot_roc
@@ -37,17 +38,13 @@ class EvaluateOptions:
 
 
 def run_label(run: RunData) -> str:
-    """Legend name of a run: folder name, model and architecture when run.json records them."""
-    parts = [run.name]
-    if run.info.get("model"):
-        parts.append(f"Model {run.info['model']}")
-    config = run.info.get("config") if isinstance(run.info.get("config"), dict) else {}
-    for key in ("architecture", "arch", "backbone"):
-        value = run.info.get(key) or config.get(key)
-        if value and str(value) != run.name:
-            parts.append(str(value))
-            break
-    return ", ".join(parts)
+    """Legend name of a run: its folder name, and its cohort model when run.json records one.
+
+    Short on purpose: the configuration (a dict in run.json) goes in the report's caption and
+    configuration table, never in a legend, where it would widen the figure.
+    """
+    model = run.info.get("model")
+    return f"{run.name} (Model {model})" if isinstance(model, str) and model else run.name
 
 
 def _roc_curve(run: RunData, level: float) -> RocCurve:
@@ -114,10 +111,11 @@ def evaluate_run(run_dir: str | Path, options: EvaluateOptions | None = None) ->
     target = run.run_dir / EVALUATION_DIR
     with atomic_dir(target) as tmp:
         curves = [_roc_curve(run, options.level)] + [_roc_curve(other, options.level) for other in others]
-        plot_roc(curves, tmp / "roc", title=f"ROC, out-of-fold predictions: {run.name}")
-        plot_calibration(
-            calibration, brier_score(labels, scores), tmp / "calibration", title=f"Calibration: {run.name}"
-        )
+        plot_roc(curves, tmp / "roc", title="ROC, out-of-fold predictions")
+        plot_calibration(calibration, brier_score(labels, scores), tmp / "calibration", title="Calibration")
+        balance = fold_balance(run.predictions, run.run_dir)
+        if balance is not None:
+            write_csv(tmp / FOLD_BALANCE_TABLE, balance)
         write_csv(tmp / "calibration.csv", calibration)
         write_csv(tmp / "subgroups.csv", subgroups)
         write_text(tmp / "subgroups.md", subgroup_markdown(subgroups, f"Subgroups (Figure 4C): {run.name}"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -28,10 +29,47 @@ def fmt_auc(auc: float, low: float, high: float) -> str:
 
 
 def fmt_p(p: float) -> str:
-    """A p-value as a reader expects it: '< 0.001' below one in a thousand."""
+    """A p-value as a reader expects it: three decimals ('0.012'), '<0.001' below one in a thousand."""
     if p is None or math.isnan(p):
         return "undefined"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+ARCHITECTURE_WORDS = (
+    ("width", "width x{}"),
+    ("input_size", "input {} px"),
+    ("head", "{} head"),
+    ("combine", "combine {}"),
+    ("readout", "readout {}"),
+)
+
+
+def describe_run(info: dict[str, Any]) -> str:
+    """One sentence of what a run is (folds, cohort, network, training) from its run.json.
+
+    For captions: a run's configuration in words, never the raw dict; '' when run.json records none.
+    """
+    parts = []
+    if info.get("kind") == "cv" and info.get("folds"):
+        parts.append(f"{info['folds']}-fold cross-validation")
+    elif info.get("kind") == "split":
+        parts.append("one 70/15/15 split")
+    if info.get("model"):
+        parts.append(f"Model {info['model']} cohort")
+    architecture = info.get("architecture")
+    if isinstance(architecture, dict):
+        details = [
+            pattern.format(architecture[key]) for key, pattern in ARCHITECTURE_WORDS if key in architecture
+        ]
+        if int(architecture.get("members", 1) or 1) > 1:
+            details.append(f"ensemble of {architecture['members']}")
+        parts.append(f"{architecture.get('branch', 'Siamese')} network ({', '.join(details)})")
+    elif isinstance(architecture, str) and architecture:
+        parts.append(f"{architecture} network")
+    training = info.get("training")
+    if isinstance(training, dict) and training.get("epochs"):
+        parts.append(f"{training.get('optimizer', 'trained')}, up to {training['epochs']} epochs")
+    return "; ".join(parts)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
