@@ -81,7 +81,7 @@ def megabytes(count: int, chunked: bool) -> Iterator[bytes]:
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_a_200_mb_body_gets_413_and_server_memory_stays_small(server: tuple, chunked: bool) -> None:
     process, port, tokens = server
-    before, _ = rss_kib(process.pid)
+    before, peak_before = rss_kib(process.pid)
     length = b"Transfer-Encoding: chunked" if chunked else f"Content-Length: {BODY_MB * 1024 * 1024}".encode()
     head = (
         b"POST /api/cases/9100001/review HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -93,7 +93,8 @@ def test_a_200_mb_body_gets_413_and_server_memory_stays_small(server: tuple, chu
     after, peak = rss_kib(process.pid)
     print(
         f"200 MB body ({'chunked' if chunked else 'content-length'}): {sent / 2**20:.1f} MiB sent before the "
-        f"answer; server RSS {before / 1024:.0f} -> {after / 1024:.0f} MiB, peak {peak / 1024:.0f} MiB"
+        f"answer; server RSS {before / 1024:.0f} -> {after / 1024:.0f} MiB, peak (VmHWM) "
+        f"{peak_before / 1024:.0f} -> {peak / 1024:.0f} MiB"
     )
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b"nosniff" in answer.lower()

@@ -56,8 +56,8 @@ MAX_BODY = 64 * 1024
 SHORTCUTS = {category: str(number) for number, category in enumerate(CATEGORIES, start=1)}
 PACKAGE = files("kneepain.review")
 NOTICE = (
-    "A research reader study: the maps and predictions are a model's output, not a diagnosis. "
-    "Runs made by `kneepain synth` or `kneepain demo` are synthetic data and describe no patient."
+    "Research reader study: the maps and predictions are a model's output; "
+    "synthetic runs describe no patient."
 )
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'",

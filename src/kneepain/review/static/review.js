@@ -30,7 +30,10 @@ function say(text, kind) {
 function setVersion(v) {
   version = v;
   document.body.dataset.version = String(version);
-  if (revealButton) revealButton.disabled = !data.admin && version < 1;
+  if (revealButton && !revealButton.hidden) {
+    revealButton.disabled = !data.admin && version < 1;
+    document.getElementById("reveal-hint").hidden = !revealButton.disabled;
+  }
 }
 
 function setSlice(k) {
@@ -162,7 +165,7 @@ function exclusive(box) {
 }
 
 async function reveal() {
-  if (!revealButton || revealButton.disabled) return;
+  if (!revealButton || revealButton.disabled || revealButton.hidden) return;
   const response = await fetch(caseUrl + "/prediction");
   if (!response.ok) {
     say(await detail(response), "error");
@@ -185,7 +188,8 @@ async function reveal() {
       " knee (" + verdict + ")");
   }
   document.getElementById("prediction").textContent = parts.join(" · ");
-  revealButton.disabled = true;
+  revealButton.hidden = true; // shown for good: the server has recorded the reveal
+  document.getElementById("reveal-hint").hidden = true;
 }
 
 async function go(link) {
