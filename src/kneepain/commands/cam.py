@@ -32,12 +32,15 @@ def register(app: typer.Typer) -> None:
         """
         from kneepain.cam.compute import CamInputError
         from kneepain.cam.stage import run_cam_stage
-        from kneepain.console import console, stage
+        from kneepain.console import fail, stage
 
         if device == "auto":
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        from kneepain.fileio import remove_stale_temporaries
+
+        remove_stale_temporaries(run)  # what a killed earlier cam run left (its temporary RUN/cam)
         with stage("cam") as info:
             try:
                 summary = run_cam_stage(
@@ -50,7 +53,7 @@ def register(app: typer.Typer) -> None:
                     tolerance_cells=tolerance,
                 )
             except CamInputError as error:
-                console.print(f"[red]cam: {error}")
+                fail("cam", error)
                 raise typer.Exit(2) from error
             info["subjects"] = summary["subjects"]
             info["backbone"] = summary["backbone"]

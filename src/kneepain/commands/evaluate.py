@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Write RUN/evaluation/: metrics.json, roc.png/.svg, subgroups, comparisons, calibration."""
-        from kneepain.console import console, stage
+        from kneepain.console import fail, stage
         from kneepain.evaluate.inputs import EvaluationInputError
         from kneepain.evaluate.stage import EvaluateOptions, evaluate_run
         from kneepain.evaluate.tables import fmt_auc
@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
                 info["comparisons"] = len(metrics["comparisons"])
                 info["excluded"] = len(metrics["excluded"])
         except EvaluationInputError as error:
-            console.print(f"[red]evaluate: {error}[/red]", soft_wrap=True)
+            fail("evaluate", error)
             raise typer.Exit(code=2) from error
 
     @app.command("report")
@@ -50,17 +50,17 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(None, "--out", help="HTML file to write (default RUN/report.html)."),
     ) -> None:
         """Write one self-contained HTML report (figures embedded) of a run."""
-        from kneepain.console import console, stage
+        from kneepain.console import fail, stage
         from kneepain.contracts import RunFolderError
         from kneepain.report.html import build_report
 
         if not run.is_dir():
-            console.print(f"[red]report: {run}: run folder not found[/red]", soft_wrap=True)
+            fail("report", f"{run}: run folder not found")
             raise typer.Exit(code=2)
         try:
             with stage("report") as info:
                 target = build_report(run, out)
                 info["file"] = str(target)
         except RunFolderError as error:
-            console.print(f"[red]report: {error}[/red]", soft_wrap=True)
+            fail("report", error)
             raise typer.Exit(code=2) from error

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from kneepain.commands.limits import MAX_SERIES_MB, MAX_SLICE_PIXELS
+
 
 def register(app: typer.Typer) -> None:
     """Add the `ingest` command."""
@@ -24,15 +26,20 @@ def register(app: typer.Typer) -> None:
         visit: str = typer.Option("00m", help="Visit folder name."),
         student: bool = typer.Option(False, help="Student's t-test (the paper's) instead of Welch's."),
         workers: int = typer.Option(0, help="Processes for header reading (0: all cores)."),
+        max_slice_pixels: int | None = MAX_SLICE_PIXELS,
+        max_series_mb: float | None = MAX_SERIES_MB,
     ) -> None:
         """Pick the SAG_IW_TSE series, read the clinical files and select the paper's cohorts."""
-        from kneepain.console import console, stage
+        from kneepain.console import fail, stage
         from kneepain.ingest import IngestError
         from kneepain.ingest.cohort import SelectionRules
         from kneepain.ingest.pipeline import run_ingest
+        from kneepain.preprocess.series_io import DicomLimits, SeriesError
 
         rules = SelectionRules(pain_right=pain_right, pain_left=pain_left, womac_difference=womac_diff)
         try:
+            DicomLimits.set_for_this_run(max_slice_pixels, max_series_mb)
+            DicomLimits.from_environment()
             with stage("ingest") as info:
                 info.update(
                     run_ingest(
@@ -46,6 +53,6 @@ def register(app: typer.Typer) -> None:
                         equal_var=student,
                     )
                 )
-        except IngestError as error:
-            console.print(f"[red]ingest stopped[/red]: {error}")
+        except (IngestError, SeriesError) as error:
+            fail("ingest stopped", error)
             raise typer.Exit(code=2) from error

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from kneepain.commands.limits import MAX_SERIES_MB, MAX_SLICE_PIXELS
+
 
 def register(app: typer.Typer) -> None:
     """Add the `predict` command."""
@@ -34,6 +36,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(
             False, "--json", help="Print the JSON document on stdout (summary on stderr)."
         ),
+        max_slice_pixels: int | None = MAX_SLICE_PIXELS,
+        max_series_mb: float | None = MAX_SERIES_MB,
     ) -> None:
         """Probability that each knee is the painful one, highest-CAM slice and hot spot (scanner mm).
 
@@ -44,15 +48,17 @@ def register(app: typer.Typer) -> None:
         """
         from rich.console import Console
 
-        from kneepain.console import console
+        from kneepain.console import console, fail, safe
         from kneepain.predict import PredictInputError, predict_person
+        from kneepain.preprocess.series_io import DicomLimits
 
+        DicomLimits.set_for_this_run(max_slice_pixels, max_series_mb)
         try:
             document = predict_person(
                 left, right, model, out, precision=precision, allow_qc_fail=allow_qc_fail
             )
         except PredictInputError as error:
-            console.print(f"[red]predict: {error}[/red]", soft_wrap=True)
+            fail("predict", error)
             raise typer.Exit(code=2) from error
         summary = document["summary"]
         if as_json:
@@ -63,4 +69,4 @@ def register(app: typer.Typer) -> None:
         if not document["qc_pass"]:
             console.print("[bold red]predict: QUALITY CHECK FAILED; see the warnings above[/bold red]")
         if out is not None:
-            console.print(f"predict: wrote {out}")
+            console.print(f"predict: wrote {safe(out)}")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from kneepain.commands.limits import MAX_SERIES_MB, MAX_SLICE_PIXELS
+
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
     if not text:
@@ -48,12 +50,17 @@ def register(app: typer.Typer) -> None:
             help="Build (or check) WORK/preprocess/template.npy and stop; run it once before "
             "launching --shard jobs so they all share one template.",
         ),
+        max_slice_pixels: int | None = MAX_SLICE_PIXELS,
+        max_series_mb: float | None = MAX_SERIES_MB,
     ) -> None:
         """Build the registered, cropped slice cache (WORK/preprocess/) with its QC report."""
-        from kneepain.console import console
+        from kneepain.console import console, fail, safe
         from kneepain.preprocess import CacheMismatchError, PreprocessInputError, run_preprocess
+        from kneepain.preprocess.series_io import DicomLimits, SeriesError
 
         try:
+            DicomLimits.set_for_this_run(max_slice_pixels, max_series_mb)
+            DicomLimits.from_environment()
             summary = run_preprocess(
                 work,
                 workers=workers or None,
@@ -65,7 +72,7 @@ def register(app: typer.Typer) -> None:
                 template=template,
                 template_only=template_only,
             )
-        except (CacheMismatchError, PreprocessInputError, ValueError) as error:
-            console.print(f"[red]preprocess: {error}")
-            raise typer.Exit(1) from error
-        console.print(", ".join(f"{key} {value}" for key, value in summary.items()))
+        except (CacheMismatchError, PreprocessInputError, SeriesError, ValueError) as error:
+            fail("preprocess", error)
+            raise typer.Exit(2) from error
+        console.print(", ".join(f"{key} {safe(value)}" for key, value in summary.items()))

@@ -103,9 +103,9 @@ def with_training_options(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def _fail(name: str, error: Exception) -> None:
-    from kneepain.console import console
+    from kneepain.console import fail
 
-    console.print(f"[red]{name}: {error}[/red]", soft_wrap=True)
+    fail(name, error)
     raise typer.Exit(code=2) from error
 
 

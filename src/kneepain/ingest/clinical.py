@@ -73,6 +73,12 @@ def read_clinical_table(path: Path) -> pd.DataFrame:
         table = table.map(_sas_cell)
     else:
         raw = path.read_bytes()
+        encoding = _unsupported_encoding(raw)
+        if encoding:
+            raise IngestError(
+                f"{path}: the file is encoded as {encoding}; save it as UTF-8 (or Latin-1) pipe-delimited "
+                "text and run ingest again"
+            )
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -86,6 +92,27 @@ def read_clinical_table(path: Path) -> pd.DataFrame:
         table = table.map(str.strip)
     table.columns = [str(c).strip().upper() for c in table.columns]
     return table
+
+
+def _unsupported_encoding(raw: bytes) -> str | None:
+    """'UTF-16' / 'UTF-32' (with the byte order) when the text is in such an encoding, else None.
+
+    Read as Latin-1, such a file would give one garbled column and a misleading "missing
+    column" message; its byte-order mark or NUL bytes between letters give it away.
+    """
+    marks = {
+        b"\xff\xfe\x00\x00": "UTF-32 (little-endian)",
+        b"\x00\x00\xfe\xff": "UTF-32 (big-endian)",
+        b"\xff\xfe": "UTF-16 (little-endian)",
+        b"\xfe\xff": "UTF-16 (big-endian)",
+    }
+    for mark, name in marks.items():
+        if raw.startswith(mark):
+            return name
+    head = raw[:4096]
+    if head and head.count(0) > len(head) // 4:  # text with a NUL byte beside most letters
+        return "UTF-16 (no byte-order mark)" if head.count(0) < 2 * len(head) // 3 else "UTF-32"
+    return None
 
 
 def _sas_cell(value: object) -> str:

@@ -27,6 +27,8 @@ from pydicom.multival import MultiValue
 from kneepain.console import progress
 from kneepain.contracts import SERIES_COLUMNS
 from kneepain.ingest import IngestError
+from kneepain.preprocess.series_io import DicomLimits, SeriesError, read_header
+from kneepain.workers import die_with_parent
 
 INDEX_COLUMNS = ("Folder", "ParticipantID", "StudyDate", "Barcode", "StudyDescription", "SeriesDescription")
 SERIES_NAME = "SAG_IW_TSE"
@@ -43,6 +45,7 @@ _HEADER_TAGS = [
     "Columns",
     "BitsAllocated",
     "SamplesPerPixel",
+    "NumberOfFrames",
 ]
 _NUMBER_TAGS = {
     keyword: tag_for_keyword(keyword)
@@ -56,6 +59,7 @@ _NUMBER_TAGS = {
         "ImagePositionPatient",
         "InstanceNumber",
         "SliceThickness",
+        "NumberOfFrames",
     )
 }
 _SPACING_TOLERANCE_MM = 1e-3
@@ -224,13 +228,18 @@ def _optional_number(header: pydicom.Dataset, keyword: str) -> float:
         return float("nan")
 
 
-def _read_slice(path: Path) -> dict[str, object]:
-    """Header fields of one slice, or {'error': ...}; checks the pixel data is all there."""
+def _read_slice(path: Path, limits: DicomLimits | None = None) -> dict[str, object]:
+    """Header fields of one slice, or {'error': ...}; checks the pixel data is all there and that
+    the image it declares is within ``limits`` (default: from the environment)."""
+    limits = limits or DicomLimits.from_environment()
     try:
         size = path.stat().st_size
-        with open(path, "rb") as handle:
-            header = pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-            pixel_start = handle.tell()
+        if b"1.2.840.10008.1.2.1.99" in path.open("rb").read(4096):  # deflated: bounded inflation only
+            header, pixel_start = read_header(path, specific_tags=_HEADER_TAGS), size
+        else:
+            with open(path, "rb") as handle:
+                header = pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+                pixel_start = handle.tell()
     except Exception as error:  # pydicom raises many types for damaged files; all mean unreadable
         return {"error": f"{path}: unreadable DICOM ({type(error).__name__}: {error})"}
     try:
@@ -245,6 +254,21 @@ def _read_slice(path: Path) -> dict[str, object]:
             )
     except (AttributeError, KeyError, TypeError, ValueError) as error:
         return {"error": f"{path}: DICOM header lacks a needed tag or value ({error})"}
+    try:
+        frames = int(_numbers(header, "NumberOfFrames")[0])
+    except (KeyError, ValueError):
+        frames = 1
+    try:
+        declared = limits.check_size(
+            path,
+            rows,
+            columns,
+            frames,
+            _unsigned(header, "SamplesPerPixel", 1),
+            _unsigned(header, "BitsAllocated", 16),
+        )
+    except SeriesError as error:
+        return {"error": str(error)}
     # A file cut short after its header still parses with stop_before_pixels, so compare the bytes
     # left with the pixel data the header promises (uncompressed data only; 12 bytes of element header).
     expected = (
@@ -266,6 +290,7 @@ def _read_slice(path: Path) -> dict[str, object]:
         "position": position,
         "instance": instance,
         "thickness": _optional_number(header, "SliceThickness"),
+        "bytes": declared,
     }
 
 
@@ -306,6 +331,10 @@ def summarise_series(candidate: SeriesCandidate, visit: str) -> dict[str, object
     if not good:
         row["problem"] = "; ".join(problems)
         return row
+    try:
+        DicomLimits.from_environment().check_series(candidate.path, sum(int(s["bytes"]) for s in good))
+    except SeriesError as error:
+        problems.append(str(error))
     first = good[0]
     row.update(
         rows=first["rows"],
@@ -384,7 +413,9 @@ def _map(function, items: Sequence, workers: int | None, description: str) -> li
     if workers == 1 or len(items) < 2:
         return list(progress(map(function, items), description, total=len(items)))
     chunk = max(1, len(items) // (workers * 8))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         return list(progress(pool.map(function, items, chunksize=chunk), description, total=len(items)))
 
 

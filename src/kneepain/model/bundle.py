@@ -79,13 +79,34 @@ def _folder(path: str | Path) -> Path:
 
 def read_bundle_meta(path: str | Path) -> dict[str, Any]:
     """model.json of a bundle folder (or of the model.json path itself)."""
+    path = Path(path)
+    if path.is_file() and path.name != BUNDLE_META:
+        raise BundleError(
+            f"{path}: is a file; a bundle is the folder holding {BUNDLE_META} and {BUNDLE_WEIGHTS} "
+            f"(e.g. {path.parent if path.name == BUNDLE_WEIGHTS else 'WORK/runs/RUN/fold_00/bundle'})"
+        )
     meta_path = _folder(path) / BUNDLE_META
     try:
-        return json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except FileNotFoundError as error:
-        raise BundleError(f"{meta_path}: bundle metadata not found") from error
-    except ValueError as error:
-        raise BundleError(f"{meta_path}: not valid JSON ({error})") from error
+        raise BundleError(f"{meta_path}: bundle metadata not found{_bundle_hint(path)}") from error
+    except (OSError, ValueError) as error:
+        raise BundleError(f"{meta_path}: not readable JSON ({error})") from error
+    if not isinstance(meta, dict):
+        raise BundleError(f"{meta_path}: expected a JSON object")
+    return meta
+
+
+def _bundle_hint(path: Path) -> str:
+    """'; use .../bundle' when ``path`` is a fold folder (or a run folder) that holds bundles."""
+    if (path / "bundle" / BUNDLE_META).exists():
+        return f"; {path} looks like a fold folder: use {path / 'bundle'}"
+    folds = sorted(path.glob(f"fold_*/bundle/{BUNDLE_META}")) if path.is_dir() else []
+    if folds:
+        return f"; {path} looks like a run folder: use one fold's bundle, e.g. {folds[0].parent}"
+    if not path.exists():
+        return f" ({path} does not exist)"
+    return ""
 
 
 def load_bundle(path: str | Path) -> tuple[SiameseNet | SiameseEnsemble, dict[str, Any]]:
@@ -107,7 +128,14 @@ def load_bundle(path: str | Path) -> tuple[SiameseNet | SiameseEnsemble, dict[st
     with torch.device("meta"):
         model = build_model(config)
     try:
-        model.load_state_dict(load_file(str(weights)), strict=True, assign=True)
+        state = load_file(str(weights))
+    except Exception as error:  # safetensors raises its own SafetensorError (and OSError) for a damaged file
+        raise BundleError(
+            f"{weights}: unreadable weights ({type(error).__name__}: {error}); the file is damaged or "
+            "incomplete: copy the bundle again"
+        ) from error
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as error:
         raise BundleError(f"{weights}: weights do not fit the recorded architecture ({error})") from error
     return model.eval(), meta

@@ -73,6 +73,9 @@ def read_series_headers(folder: str | Path) -> SeriesHeaders:
     """
     import pydicom
 
+    from kneepain.preprocess.series_io import DicomLimits, SeriesError, read_header
+
+    limits = DicomLimits.from_environment()
     folder = Path(folder)
     if not folder.is_dir():
         raise PredictInputError(f"{folder}: series folder does not exist (or is not a folder)")
@@ -80,11 +83,24 @@ def read_series_headers(folder: str | Path) -> SeriesHeaders:
     if not candidates:
         raise PredictInputError(f"{folder}: folder is empty; expected the DICOM files of one knee series")
     headers: list[tuple[Path, Any]] = []
+    total_bytes = 0
     for path in candidates:
         try:
-            headers.append((path, pydicom.dcmread(path, stop_before_pixels=True)))
+            header = read_header(path)
         except (pydicom.errors.InvalidDicomError, OSError, EOFError):
             continue
+        except SeriesError as error:
+            raise PredictInputError(str(error)) from error
+        except Exception as error:  # pydicom raises many types for a damaged header
+            raise PredictInputError(
+                f"{path}: unreadable DICOM header ({type(error).__name__}: {error}); replace the file"
+            ) from error
+        try:
+            total_bytes += limits.check_slice(path, header)
+            limits.check_series(folder, total_bytes)
+        except SeriesError as error:
+            raise PredictInputError(str(error)) from error
+        headers.append((path, header))
     if not headers:
         raise PredictInputError(
             f"{folder}: none of its {len(candidates)} file(s) is DICOM (e.g. {candidates[0].name!r}); "

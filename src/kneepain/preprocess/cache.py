@@ -11,6 +11,7 @@ Layout inside ``WORK/preprocess/``:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from kneepain.contracts import (
 )
 from kneepain.preprocess.config import CacheMismatchError, PreprocessConfig, read_config
 from kneepain.preprocess.quality import FLAGS, override_for
+from kneepain.workers import kill_point
 
 PARTS_DIR = "parts"
 TEMPLATE_FILE = "template.npy"
@@ -158,12 +160,18 @@ def subject_tables(
 
 
 def merge_parts(
-    work: Path, subject_ids: Sequence[str], config: PreprocessConfig, overrides: pd.DataFrame | None = None
+    work: Path,
+    subject_ids: Sequence[str],
+    config: PreprocessConfig,
+    overrides: pd.DataFrame | None = None,
+    series_paths: dict[tuple[str, str], str] | None = None,
 ) -> dict[str, Any]:
     """Join the parts of ``subject_ids`` (sorted) into cache.npy and the tables, atomically.
 
     Streams one part at a time into the memory map, so memory does not grow with the cohort.
-    Refuses when a part is missing (a shard not run yet) or corrupt.
+    ``series_paths`` ((subject, side) -> folder, from the current series.csv) replaces the paths
+    the parts recorded, so qc.csv names where the series are now. Refuses when a part is missing
+    (a shard not run yet) or corrupt.
     """
     from numpy.lib.format import open_memmap
 
@@ -179,6 +187,7 @@ def merge_parts(
     paths = WorkPaths(work)
     size = config.image_size
     index_rows, qc_rows, registration_rows = [], [], []
+    content = hashlib.sha256()  # of every row's pixels and record: a rebuilt cache is noticed downstream
     with fileio.atomic_path(paths.cache_array) as tmp:
         # open_memmap writes the .npy header and sizes the file; the rows are then written through
         # a plain file handle, since pages written through a memory map stay in this process's
@@ -192,8 +201,15 @@ def merge_parts(
             for row, subject_id in enumerate(subject_ids):
                 pixels, record = read_part(folder / f"{subject_id}.npz", size)
                 handle.seek(data_offset + row * row_bytes)
-                handle.write(np.ascontiguousarray(pixels, dtype=CACHE_DTYPE).tobytes())
+                data = np.ascontiguousarray(pixels, dtype=CACHE_DTYPE).tobytes()
+                handle.write(data)
+                content.update(data)
+                kill_point("preprocess:merge")
+                if series_paths is not None:
+                    for side in KNEES:
+                        record["knees"][side]["series_path"] = series_paths.get((subject_id, side), "")
                 index, qc, registration = subject_tables(record, overrides)
+                content.update(json.dumps(index, sort_keys=True, default=str).encode())
                 index_rows.append({"row": row, **index})
                 qc_rows.extend(qc)
                 registration_rows.extend(registration)
@@ -202,7 +218,8 @@ def merge_parts(
     fileio.write_csv(paths.cache_index, index[ordered] if len(index) else pd.DataFrame(columns=ordered))
     fileio.write_csv(paths.preprocess / QC_REPORT, pd.DataFrame(qc_rows))
     fileio.write_csv(paths.preprocess / REGISTRATION_TABLE, pd.DataFrame(registration_rows))
-    stored = config.to_json() | {"subjects": len(subject_ids)}
+    kill_point("preprocess:tables")
+    stored = config.to_json() | {"subjects": len(subject_ids), "content_sha256": content.hexdigest()}
     fileio.write_json(paths.cache_config, stored)
     return {"subjects": len(subject_ids), "qc_pass": int(index["qc_pass"].sum()) if len(index) else 0}
 
@@ -257,7 +274,7 @@ def store_template_once(work: Path, templates: np.ndarray, record: dict[str, Any
     target = WorkPaths(Path(work)).preprocess / TEMPLATE_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
     # Written whole under a name of this process first (with the usual file mode), then linked.
-    staged = target.with_name(f".{TEMPLATE_FILE}.{os.getpid()}.staged")
+    staged = target.with_name(f".{TEMPLATE_FILE}.{fileio.owner_tag()}.staged")
     try:
         with fileio.atomic_path(staged) as tmp, open(tmp, "wb") as handle:
             np.save(handle, templates.astype(np.float32))

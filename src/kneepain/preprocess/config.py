@@ -14,7 +14,9 @@ from kneepain import __version__
 from kneepain.contracts import HALF_SLICES, IMAGE_SIZE
 
 CONFIG_VERSION = 3  # 2: affine fit (rigid part kept), unbiased template; 3: anatomical template frame
-INFORMATIVE_KEYS = ("package_version", "subjects")  # stored with the cache, not part of the configuration
+# Stored with the cache, not part of the configuration: the package version, the subject count and
+# the content hash of the merged cache (what a training run records to notice a rebuilt cache).
+INFORMATIVE_KEYS = ("package_version", "subjects", "content_sha256")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ latter being what to compare on a shared machine.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -27,8 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kneepain.console import progress, stage
-from kneepain.contracts import KNEES, SERIES_COLUMNS, WorkPaths, read_cohort
+from kneepain.console import console, progress, safe, stage
+from kneepain.contracts import KNEES, SERIES_COLUMNS, WorkPaths, name_subjects, read_cohort
+from kneepain.fileio import remove_stale_temporaries
 from kneepain.preprocess import cache as cache_io
 from kneepain.preprocess import quality
 from kneepain.preprocess.centre_slice import centre_override, extent_centre, read_centre_overrides
@@ -37,6 +39,7 @@ from kneepain.preprocess.knee import knee_info, preprocess_knee
 from kneepain.preprocess.registration import MOVING_MARGIN_MM
 from kneepain.preprocess.series_io import SeriesError, read_knee_series
 from kneepain.preprocess.template import TemplateKnee, build_templates, window_on_grid
+from kneepain.workers import die_with_parent, kill_point
 
 TEMPLATE_SEARCH = 2  # slices either side of a template knee's centre guess searched each round
 
@@ -55,13 +58,19 @@ def load_inputs(work: Path) -> tuple[list[str], dict[tuple[str, str], str]]:
     for needed in (paths.series_table, paths.cohort_table):
         if not needed.exists():
             raise PreprocessInputError(f"{needed}: not found; run `kneepain ingest` first")
-    series = pd.read_csv(
-        paths.series_table, dtype={"subject_id": str, "side": str, "path": str, "problem": str}
-    )
+    try:
+        series = pd.read_csv(
+            paths.series_table, dtype={"subject_id": str, "side": str, "path": str, "problem": str}
+        )
+        cohort = read_cohort(paths.cohort_table)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as error:
+        raise PreprocessInputError(
+            f"{paths.ingest}: series.csv or cohort.csv is not a readable table ({error}); "
+            "run `kneepain ingest` again"
+        ) from error
     missing = [c for c in SERIES_COLUMNS if c not in series.columns]
     if missing:
         raise PreprocessInputError(f"{paths.series_table}: lacks column(s) {missing}")
-    cohort = read_cohort(paths.cohort_table)
     both = cohort[_as_bool(cohort["has_left_series"]) & _as_bool(cohort["has_right_series"])]
     subjects = sorted(both["subject_id"].astype(str).unique())
     readable = series[series["problem"].fillna("") == ""].sort_values(["subject_id", "side", "visit"])
@@ -72,11 +81,65 @@ def load_inputs(work: Path) -> tuple[list[str], dict[tuple[str, str], str]]:
     return subjects, folders
 
 
+def _folder_listing(folder: str) -> list[list[Any]]:
+    """(name, bytes, mtime ns) of a series folder's plain files: what a re-download or a fix changes."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError as error:
+        return [["unreadable folder", type(error).__name__]]
+    listing = []
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.is_file():
+            continue
+        stat = entry.stat()
+        listing.append([entry.name, stat.st_size, stat.st_mtime_ns])
+    return listing
+
+
+def input_fingerprints(
+    work: Path, subjects: list[str], config: PreprocessConfig, centres: pd.DataFrame | None
+) -> dict[str, str]:
+    """Per subject, a hash of exactly what its part is made from.
+
+    That is the subject's rows of series.csv (side, visit, geometry, whether it has a problem),
+    the name, size and modification time of every file in those series folders, the manual
+    centre slices asked for, and the preprocessing configuration (template hash included). A part
+    whose stored hash differs is recomputed: a mended file, a replaced series, a new centre. The
+    folder's path is not part of it: the same files moved or copied with their times (``cp -a``,
+    ``rsync -a``) are the same input, and the merge takes the paths from the current series.csv.
+    """
+    series = pd.read_csv(WorkPaths(work).series_table, dtype=str, keep_default_na=False)
+    described = [c for c in SERIES_COLUMNS if c not in ("path", "problem")]
+    series["has_problem"] = series["problem"].str.strip() != ""
+    rows = {
+        subject: frame.sort_values(["side", "visit", "path"])[
+            [*described, "has_problem", "path"]
+        ].values.tolist()
+        for subject, frame in series.groupby("subject_id", sort=False)
+    }
+    settings = config.fingerprint()
+    prints = {}
+    for subject_id in subjects:
+        mine = rows.get(subject_id, [])
+        record = {
+            "config": settings,
+            "series": [row[:-1] for row in mine],
+            "files": [_folder_listing(row[-1]) for row in mine],
+            "centres": [centre_override(centres, subject_id, side) for side in KNEES],
+        }
+        prints[subject_id] = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+    return prints
+
+
 # --- worker side ---------------------------------------------------------------------------------
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(parts: str, centres: pd.DataFrame | None, template_path: str) -> None:
+def _init_worker(
+    parts: str, centres: pd.DataFrame | None, template_path: str, parent: int | None = None
+) -> None:
+    if parent is not None:
+        die_with_parent(parent)  # a pool worker: end with the main process, even on kill -9
     import cv2
 
     cv2.setNumThreads(1)  # one process per core: no nested thread pools
@@ -96,9 +159,12 @@ def _worker_templates(config: PreprocessConfig) -> np.ndarray | None:
     return cached
 
 
-def _process_subject(task: tuple[str, str | None, str | None, PreprocessConfig]) -> tuple[str, float, float]:
-    """Preprocess one subject into its part; any failure becomes a QC reason, never a crash."""
-    subject_id, left_dir, right_dir, config = task
+def _process_subject(
+    task: tuple[str, str | None, str | None, PreprocessConfig, str],
+) -> tuple[str, float, float]:
+    """Preprocess one subject into its part (recording its input hash); any failure becomes a QC
+    reason, never a crash."""
+    subject_id, left_dir, right_dir, config, inputs_sha256 = task
     templates = _worker_templates(config)
     start = time.perf_counter()
     results = []
@@ -119,7 +185,8 @@ def _process_subject(task: tuple[str, str | None, str | None, PreprocessConfig])
         r.side: knee_info(r) | {"series_path": folder or "", "manual_centre": manual}
         for r, folder, manual in results
     }
-    cache_io.write_part(_STATE["parts"], subject_id, pixels, {"subject_id": subject_id, "knees": knees})
+    record = {"subject_id": subject_id, "knees": knees, "inputs_sha256": inputs_sha256}
+    cache_io.write_part(_STATE["parts"], subject_id, pixels, record)
     return subject_id, time.perf_counter() - start, _own_peak_mb()
 
 
@@ -183,7 +250,10 @@ class _Workers:
             if self._pool is None:
                 context = multiprocessing.get_context("spawn")
                 self._pool = ProcessPoolExecutor(
-                    self.count, mp_context=context, initializer=_init_worker, initargs=self.initargs
+                    self.count,
+                    mp_context=context,
+                    initializer=_init_worker,
+                    initargs=(*self.initargs, os.getpid()),
                 )
             results = self._pool.map(_timed_call, timed, chunksize=1)
         for result, cpu_seconds in results:
@@ -324,19 +394,38 @@ def _templates_for(
     return replace(config, template_sha256=array_sha256(templates)), templates
 
 
-def _finished(
-    folder: Path, subjects: list[str], config: PreprocessConfig, centres: pd.DataFrame | None
-) -> set[str]:
-    """Subjects whose part exists, reads back, and used the manual centres asked for now."""
-    done = cache_io.finished_subjects(folder, subjects, config.image_size)
-    if centres is None or not len(centres):
-        return done
-    for subject_id in sorted(done & set(centres["subject_id"])):
-        _, record = cache_io.read_part(folder / f"{subject_id}.npz", config.image_size)
-        for side in KNEES:
-            if record["knees"][side].get("manual_centre") != centre_override(centres, subject_id, side):
-                done.discard(subject_id)
-    return done
+def _finished(folder: Path, subjects: list[str], image_size: int, prints: dict[str, str]) -> dict[str, str]:
+    """Why each subject's part cannot be reused: ``new``, ``inputs changed`` or ``corrupt part``.
+
+    Subjects missing from the result have a whole part made from exactly their current inputs
+    (``prints``); a corrupt part is deleted so it is redone.
+    """
+    redo = {}
+    for subject_id in subjects:
+        path = folder / f"{subject_id}.npz"
+        if not path.exists():
+            redo[subject_id] = "new"
+            continue
+        try:
+            _, record = cache_io.read_part(path, image_size)
+        except CacheMismatchError:
+            path.unlink()
+            redo[subject_id] = "corrupt part"
+            continue
+        if record.get("inputs_sha256") != prints[subject_id]:
+            redo[subject_id] = "inputs changed"
+    return redo
+
+
+def _report_recomputed(redo: dict[str, str]) -> dict[str, int]:
+    """Say, one line per reason, which existing parts are recomputed and why; return the counts."""
+    counts: dict[str, int] = {}
+    for reason in ("inputs changed", "corrupt part"):
+        ids = sorted(s for s, why in redo.items() if why == reason)
+        if ids:
+            counts[reason] = len(ids)
+            console.print(f"preprocess: recomputed {len(ids)}: {reason} ({safe(name_subjects(ids))})")
+    return counts
 
 
 def run_preprocess(
@@ -370,6 +459,8 @@ def run_preprocess(
     with stage("preprocess") as info:
         step_start = time.perf_counter()
         subjects, folders = load_inputs(work)
+        remove_stale_temporaries(WorkPaths(work).preprocess, recursive=True)
+        kill_point("preprocess:start")
         mine = subjects if shard is None else subjects[shard[0] :: shard[1]]
         count = max(1, min(workers or os.cpu_count() or 1, len(mine) or 1))
         template_path = WorkPaths(work).preprocess / cache_io.TEMPLATE_FILE
@@ -384,14 +475,28 @@ def run_preprocess(
                 summary["template_sha256"] = config.template_sha256
                 info.update(template=str(template_path) if config.register else "none (--no-register)")
                 return summary
+            kill_point("preprocess:template")
             parts = cache_io.claim_parts(work, config)
-            todo = [] if merge_only else sorted(set(mine) - _finished(parts, mine, config, centres))
+            prints = input_fingerprints(work, mine, config, centres)
+            redo = _finished(parts, mine, config.image_size, prints)
+            if merge_only and redo:
+                stale = sorted(redo)
+                raise CacheMismatchError(
+                    f"{parts}: {len(stale)} subject(s) have no part made from their current inputs "
+                    f"({name_subjects(stale)}: {redo[stale[0]]}); run preprocess without --merge-only "
+                    "(or every shard) first"
+                )
+            todo = sorted(redo)
+            summary["recomputed"] = sum(_report_recomputed(redo).values())
             start, subjects_cpu = time.perf_counter(), pool.cpu_seconds
             if todo:
-                tasks = [(s, folders.get((s, "left")), folders.get((s, "right")), config) for s in todo]
+                tasks = [
+                    (s, folders.get((s, "left")), folders.get((s, "right")), config, prints[s]) for s in todo
+                ]
                 worker_peak = 0.0
                 for _, _, peak in progress(pool.map(_process_subject, tasks), "preprocess", total=len(tasks)):
                     worker_peak = max(worker_peak, peak)
+                    kill_point("preprocess:subject")
                 summary["peak_rss_worker_mb"] = round(worker_peak, 1)
                 summary["cpu_seconds_per_knee"] = round(
                     (pool.cpu_seconds - subjects_cpu) / (2 * len(todo)), 3
@@ -403,16 +508,21 @@ def run_preprocess(
             subjects=len(mine), processed=len(todo), skipped=len(mine) - len(todo), seconds=round(seconds, 2)
         )
         summary["knees_per_s"] = round(2 * len(todo) / seconds, 2) if todo and seconds > 0 else None
+        kill_point("preprocess:parts_done")
         if shard is None:
             merge_start = time.perf_counter()
-            summary.update(cache_io.merge_parts(work, subjects, config, overrides))
+            summary.update(cache_io.merge_parts(work, subjects, config, overrides, series_paths=folders))
             summary["merge_seconds"] = round(time.perf_counter() - merge_start, 2)
         summary["peak_rss_main_mb"] = round(_own_peak_mb(), 1)
         summary["step_seconds"] = round(time.perf_counter() - step_start, 2)
         if todo:  # the whole step: template, pool start, subjects and merge
             summary["knees_per_s_step"] = round(2 * len(todo) / summary["step_seconds"], 2)
         info.update(
-            {k: v for k, v in summary.items() if k in ("subjects", "processed", "skipped", "qc_pass")}
+            {
+                k: v
+                for k, v in summary.items()
+                if k in ("subjects", "processed", "recomputed", "skipped", "qc_pass")
+            }
         )
         if summary.get("knees_per_s"):
             info["knees/s"] = summary["knees_per_s"]

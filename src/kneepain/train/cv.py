@@ -9,6 +9,7 @@ input or a NaN loss stops the run with a clear message and no half-written bundl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -29,7 +30,7 @@ from kneepain.contracts import (
     open_cache,
     training_table,
 )
-from kneepain.fileio import write_csv, write_json
+from kneepain.fileio import remove_stale_temporaries, write_csv, write_json
 from kneepain.model.bundle import read_bundle_meta, save_bundle
 from kneepain.model.siamese import ModelConfig, build_model
 from kneepain.train.data import CacheBatches
@@ -53,6 +54,7 @@ from kneepain.train.loop import (
     preset,
 )
 from kneepain.train.recipe import Part, remove_checkpoints, train_model
+from kneepain.workers import kill_point
 
 RUN_INFO = "run.json"
 SPLIT_FILE = "split.json"
@@ -83,10 +85,22 @@ def check_same_cache(stored: dict[str, Any], current: dict[str, Any], where: Pat
     stored = {k: v for k, v in stored.items() if k not in INFORMATIVE_CACHE_KEYS}
     if stored != current:
         keys = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+        if keys == ["content_sha256"]:
+            raise RunInputError(
+                f"{where}: was made from another version of the slice cache (same configuration, but "
+                "the cache was rebuilt since: its inputs changed); start a new run (--run NAME) or "
+                "pass --overwrite to train again from the current cache"
+            )
         raise RunInputError(
             f"{where}: was made from a slice cache with another preprocessing configuration "
             f"(differs in {keys}); use a new run name or rebuild the cache as it was"
         )
+
+
+def training_table_hash(table: pd.DataFrame) -> str:
+    """Hash of who is trained on, with which cache row and label: a resumed run must see the same."""
+    rows = table[["subject_id", "row", "label"]].astype(str).values.tolist()
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
 def load_inputs(work: Path, model: str) -> tuple[pd.DataFrame, np.ndarray, dict[str, Any]]:
@@ -157,6 +171,7 @@ def _run_record(
     return {
         "kind": kind,
         "work": str(work.resolve()),
+        "training_table_sha256": "",  # filled in by the caller (training_table_hash)
         "model": model,
         "folds": folds,
         "seed": seed,
@@ -205,11 +220,20 @@ def _prepare_run_dir(run_dir: Path, record: dict[str, Any], resume: bool, overwr
             raise RunInputError(f"{info}: nothing to resume")
         stored = json.loads(info.read_text(encoding="utf-8"))
         check_same_cache(stored.get("preprocessing", {}), record["preprocessing"], info)
+        if (
+            stored.get("training_table_sha256", record["training_table_sha256"])
+            != record["training_table_sha256"]
+        ):
+            raise RunInputError(
+                f"{info}: the run was started on another training table (cohort membership, labels or "
+                "QC results changed since); start a new run (--run NAME) or pass --overwrite"
+            )
         for key in ("model", "folds", "seed", "architecture", "training", "kind"):
             if stored.get(key) != record.get(key):
                 raise RunInputError(
                     f"{info}: the run was started with {key} = {stored.get(key)!r}, not {record.get(key)!r}"
                 )
+        remove_stale_temporaries(run_dir, recursive=True)
     elif run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise RunInputError(
@@ -283,6 +307,7 @@ def _train_one(
             summary=summary,
             test_loss=loss,
         )
+        kill_point("cv:bundle_written")
         write_csv(preds_path, frame[PREDICTION_COLUMNS])
         remove_checkpoints(fold_dir)
     return frame
@@ -339,6 +364,7 @@ def run_cv(
     run_dir = WorkPaths(work).runs / run_name
     templates = bundle_templates(work, fingerprint)
     record = _run_record("cv", work, model, folds, seed, model_config, train_config, fingerprint, len(ids))
+    record["training_table_sha256"] = training_table_hash(table)
     device = pick_device(train_config)
     dist = init_distributed(device)
     if dist.is_main:
@@ -366,6 +392,7 @@ def run_cv(
             show_progress=show_progress,
         )
         frames.append(frame)
+        kill_point("cv:fold_done")
         if dist.is_main:
             from kneepain.train.loop import auc_or_nan
 
@@ -447,6 +474,7 @@ def run_split(
     record = _run_record(
         "split", work, model, 1, seed, model_config, train_config, fingerprint, len(split["test"])
     )
+    record["training_table_sha256"] = training_table_hash(table)
     info = run_dir / RUN_INFO
     if resume:
         _prepare_run_dir(run_dir, record, True, False)
