@@ -137,6 +137,9 @@ def test_each_reviewer_sees_and_edits_only_their_own_labels(fresh: tuple) -> Non
     assert admin.get("/api/cases").json()[1] == {"case_id": "9100002", "reviewers": ["alice", "bob"]}
     assert "alice, bob" in admin.get("/").text
     assert {r["reviewer"] for r in admin.get("/api/admin/reviews").json()} == {"alice", "bob"}
+    blinding = admin.get("/api/admin/export").json()["blinding"]
+    assert [(r["reviewer"], r["committed_blind"]) for r in blinding] == [("alice", 1), ("bob", 1)]
+    assert bob.get("/api/admin/export").status_code == 403
     assert post(admin, "9100001", lesions=["other"]).status_code == 403  # the admin labels nothing
     assert bob.get("/api/admin/reviews").status_code == 403
     with sqlite3.connect(db) as connection:
@@ -238,7 +241,9 @@ def test_a_stale_save_is_refused_and_the_newer_record_kept(fresh: tuple) -> None
         ('{"lesions": ["tumour"], "version": 0}', "tumour"),
         ('{"lesions": ["none", "other"], "version": 0}', "'none' cannot"),
         ('{"lesions": [], "version": -1}', "version"),
-        ('{"lesions": [], "version": 1e400}', "finite"),  # was a 500
+        ('{"lesions": [], "version": 1e400}', "version"),  # was a 500
+        ('{"lesions": [], "version": true}', "version"),
+        ('{"lesions": [], "version": "1"}', "version"),
         ('{"lesions": [], "version": 1e12}', "version"),
         ('{"lesions": [], "note": "\\ud800", "version": 0}', "note"),  # lone surrogate: was a 500
         ('{"lesions": "effusion", "version": 0}', "lesions"),

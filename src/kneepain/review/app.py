@@ -71,7 +71,7 @@ AUTH_CACHE_SECONDS = 60.0
 class ReviewIn(BaseModel):
     """A label as posted by the case page. The reviewer is the authenticated account, not this body."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no "1" or true for a version
 
     reviewer: str | None = Field(default=None, max_length=64, description="if given, must be the account")
     lesions: list[str] = Field(max_length=len(CATEGORIES))

@@ -87,8 +87,8 @@ def blinding_summary(reviews: pd.DataFrame, history: pd.DataFrame, reveals: pd.D
 
     labelled = cases_where(reviews)
     blind = cases_where(history[history["after_reveal"].eq(0)])
-    unknown_rows = history.groupby(["case_id", "reviewer"])["after_reveal"].apply(lambda s: s.isna().all())
-    unknown = unknown_rows[unknown_rows].reset_index().groupby("reviewer").size()
+    recorded = history["after_reveal"].notna().groupby([history["case_id"], history["reviewer"]]).any()
+    unknown = recorded[~recorded].reset_index().groupby("reviewer").size()
     revealed = cases_where(reveals)
     edited = cases_where(history[history["after_reveal"].eq(1)])
     first = reveals.groupby("reviewer")["revealed_at"].min()

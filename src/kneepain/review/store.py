@@ -313,7 +313,7 @@ class ReviewStore:
     def authenticate(self, token: str) -> Account | None:
         """The token's account, or None (unknown key id, or a wrong secret: compared in constant time)."""
         key_id, _, secret = token.partition(".")
-        if not key_id or not secret or len(token) > 200:
+        if not key_id or not secret or len(token) > 200 or not token.isascii():
             return None
         with self._connect() as db:
             row = db.execute(
