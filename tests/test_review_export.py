@@ -200,3 +200,28 @@ def test_serve_refuses_a_missing_database_or_one_without_reviewers(tmp_path: Pat
     ReviewStore(tmp_path / "empty.sqlite", run_identity(run))
     empty = CliRunner().invoke(app, ["review", "serve", str(run), "--db", str(tmp_path / "empty.sqlite")])
     assert empty.exit_code == 2 and "add-reviewer" in empty.output.replace("\n", "")
+
+
+def test_serve_passes_tls_to_uvicorn_and_insecure_allows_plain_http(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+
+    run = make_review_run(tmp_path)
+    db = tmp_path / "x.sqlite"
+    make_study(run, db)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("certificate")
+    key.write_text("key")
+    calls: list[dict] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
+    base = ["review", "serve", str(run), "--db", str(db), "--host", "0.0.0.0"]
+    tls = CliRunner().invoke(app, [*base, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)])
+    assert tls.exit_code == 0, tls.output
+    assert "open https://0.0.0.0:8765/" in tls.output
+    insecure = CliRunner().invoke(app, [*base, "--insecure"])
+    assert insecure.exit_code == 0, insecure.output
+    assert [(c["host"], c["ssl_certfile"], c["ssl_keyfile"]) for c in calls] == [
+        ("0.0.0.0", str(cert), str(key)),
+        ("0.0.0.0", None, None),
+    ]
