@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kneepain.demo import DEMO_RECORD, DemoOptions, demo_steps
+from kneepain.demo import DEMO_RECORD, PREDICT_EXAMPLE, DemoOptions, demo_steps, localization_verdict
 
 STAGES = ["synth", "ingest", "preprocess", "cross-validation", "evaluate", "cam", "report"]
 
@@ -48,6 +48,41 @@ def test_fast_demo_runs_every_stage_and_reports_honestly(fast_demo) -> None:
     predictions = (run / "predictions.csv").read_text().splitlines()
     assert len(predictions) - 1 >= numbers["n"]
     assert (run / "cam" / "localization.json").exists()
+
+
+def test_demo_prints_a_predict_command_for_a_participant_fold_00_never_saw(fast_demo, tmp_path: Path) -> None:
+    out, completed = fast_demo
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    example = json.loads((out / DEMO_RECORD).read_text())["headline"]["predict_example"]
+    folds = json.loads((out / "work" / "runs" / "demo" / "folds.json").read_text())["folds"]
+    assert example["subject_id"] in folds[0]  # fold_00's test part: never in its training data
+    assert example["command"] in completed.stdout + completed.stderr  # printed whole, not wrapped
+    script = out / PREDICT_EXAMPLE
+    assert example["command"] in script.read_text()
+    ran = subprocess.run(  # as the README runs it: a fresh shell, no virtual environment active
+        ["sh", str(script), "--json"],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "2"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    prediction = json.loads((tmp_path / "pred" / "prediction.json").read_text())
+    assert example["subject_id"] in json.dumps(prediction)
+
+
+def test_headline_says_plainly_when_the_cam_rule_loses_to_the_fixed_point() -> None:
+    losing = {"pointing_hit_rate_correct_ours": 0.624, "pointing_hit_rate_correct_constant": 0.79}
+    assert localization_verdict(losing).startswith(
+        "Our CAM rule alone loses to the CAM-free fixed point: 62.4%"
+    )
+    winning = {**losing, "pointing_hit_rate_correct_ours": 0.9, "pointing_hit_rate_correct_prior": 0.95}
+    assert "beats" in localization_verdict(winning) and "95.0%, above the point" in localization_verdict(
+        winning
+    )
+    assert localization_verdict({}) == ""
 
 
 def test_demo_with_other_options_in_the_same_folder_is_refused(fast_demo) -> None:

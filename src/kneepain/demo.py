@@ -6,7 +6,9 @@ files between stages are the only contract, so the demo also proves the chain wo
 
 from __future__ import annotations
 
+import csv
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -15,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from kneepain.console import console
-from kneepain.fileio import write_json
+from kneepain.fileio import write_json, write_text
 
 DEMO_RECORD = "demo.json"
+PREDICT_EXAMPLE = "predict_example.sh"  # the README's first "After the demo" command runs it
 
 
 class DemoError(RuntimeError):
@@ -129,7 +132,87 @@ def headline_numbers(options: DemoOptions) -> dict[str, Any]:
         "pointing_hit_rate_correct_constant": cams.get("pointing_hit_rate_correct_constant"),
         "area_above_half_pct_mean": cams.get("area_above_half_pct_mean"),
         "report": str(report.resolve()) if report.exists() else None,
+        "predict_example": held_out_example(options),
     }
+
+
+def _kneepain_command() -> str:
+    """The `kneepain` of this environment by its full path, so a printed command runs from any shell."""
+    beside = Path(sys.executable).with_name("kneepain")
+    return str(beside) if beside.exists() else "kneepain"
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def held_out_example(options: DemoOptions) -> dict[str, Any] | None:
+    """A participant fold_00's model never trained on, and the exact `kneepain predict` command for them.
+
+    The first participant (by id) of fold 0's test part whose two knee series were read without a
+    problem and passed QC: predicting anyone else with fold_00's bundle would be an in-sample
+    prediction. None when the run's files do not allow one.
+    """
+    work = options.out / "work"
+    run = work / "runs" / "demo"
+    try:
+        test_ids = json.loads((run / "folds.json").read_text(encoding="utf-8"))["folds"][0]
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+    series: dict[tuple[str, str], str] = {}
+    for row in _rows(work / "ingest" / "series.csv"):
+        if not row.get("problem"):
+            series[(row["subject_id"], row["side"])] = row["path"]
+    passed = {r["subject_id"] for r in _rows(work / "preprocess" / "index.csv") if r.get("qc_pass") == "True"}
+    labels = {r["subject_id"]: r["label"] for r in _rows(work / "ingest" / "cohort.csv")}
+    for subject in sorted(test_ids):
+        left, right = series.get((subject, "left")), series.get((subject, "right"))
+        if left and right and subject in passed:
+            command = [_kneepain_command(), "predict", "--left", left, "--right", right]
+            command += ["--model", str((run / "fold_00" / "bundle").resolve()), "--out", "pred"]
+            return {
+                "subject_id": subject,
+                "painful_side": "right" if labels.get(subject) == "1" else "left",
+                "command": shlex.join(command),
+            }
+    return None
+
+
+def write_predict_example(out: Path, example: dict[str, Any] | None) -> Path | None:
+    """``out/predict_example.sh``: the held-out participant's predict command as a script (extra
+    arguments pass through, e.g. ``--json``); None when the run allows no example."""
+    if not example:
+        return None
+    target = out / PREDICT_EXAMPLE
+    text = (
+        "#!/bin/sh\n"
+        f"# Written by `kneepain demo`: participant {example['subject_id']} (painful knee "
+        f"{example['painful_side']}), whom fold_00's model never trained on; output in ./pred\n"
+        f'{example["command"]} "$@"\n'
+    )
+    write_text(target, text)
+    return target
+
+
+def localization_verdict(numbers: dict[str, Any]) -> str:
+    """Plain words: does our CAM rule alone beat the CAM-free fixed point, and with the prior?"""
+    point = numbers.get("pointing_hit_rate_correct_constant")
+    ours = numbers.get("pointing_hit_rate_correct_ours")
+    prior = numbers.get("pointing_hit_rate_correct_prior")
+    if point is None or ours is None:
+        return ""
+    pct = f"{100 * ours:.1f}% against {100 * point:.1f}%"
+    if ours <= point:
+        text = f"Our CAM rule alone loses to the CAM-free fixed point: {pct}"
+    else:
+        text = f"Our CAM rule beats the CAM-free fixed point: {pct}"
+    if prior is not None:
+        relation = "above" if prior > point else "still not above"
+        text += f"; with the other folds' evidence prior {100 * prior:.1f}%, {relation} the point"
+    return text + "."
 
 
 def headline(numbers: dict[str, Any]) -> list[str]:
@@ -152,8 +235,18 @@ def headline(numbers: dict[str, Any]) -> list[str]:
         ):
             if numbers.get(key) is not None:
                 lines.append(f"  {name}: {100 * numbers[key]:.1f}%")
+        verdict = localization_verdict(numbers)
+        if verdict:
+            lines.append(verdict)
     if numbers.get("report"):
         lines.append(f"report: {numbers['report']}")
+    example = numbers.get("predict_example")
+    if example:
+        lines.append(
+            f"predict a participant fold_00 never trained on ({example['subject_id']}, painful knee "
+            f"{example['painful_side']}):"
+        )
+        lines.append(f"  {example['command']}")
     return lines
 
 
@@ -201,9 +294,10 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     record["seconds"]["total"] = round(time.perf_counter() - start, 1)
     record.update(status="complete", headline=headline_numbers(options))
     write_json(record_path, record)
+    write_predict_example(options.out, record["headline"].get("predict_example"))
     console.rule("[bold]done")
     for name, seconds in record["seconds"].items():
         console.print(f"{name:>18}: {seconds:7.1f} s")
     for line in headline(record["headline"]):
-        console.print(line)
+        console.print(line, soft_wrap=True, markup=False, highlight=False)  # commands stay copyable
     return record
