@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import sqlite3
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -182,22 +183,25 @@ def _secret_hash(secret: str, salt: bytes) -> bytes:
 
 
 class ReviewStore:
-    """A run's review database on disk. Opens a short-lived connection per operation (thread-safe)."""
+    """A run's review database on disk; thread-safe (one connection per thread)."""
 
     def __init__(self, path: str | Path, run_id: str) -> None:
         self.path = Path(path)
         self.run_id = run_id
+        self._local = threading.local()
         self._create_or_check()
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        connection = sqlite3.connect(self.path, timeout=15.0, isolation_level=None)
-        try:
+        """This thread's connection, opened once and kept: a connection per operation cost more
+        than the save itself (schema parsed again, and a WAL checkpoint when the last one closed)."""
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self.path, timeout=15.0, isolation_level=None)
             connection.execute("PRAGMA busy_timeout = 15000")
             connection.execute("PRAGMA synchronous = FULL")
-            yield connection
-        finally:
-            connection.close()
+            self._local.connection = connection
+        yield connection
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
