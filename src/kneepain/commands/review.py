@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from kneepain.review.store import ReviewStore
 
 review_app = typer.Typer(
     help=(
@@ -29,7 +33,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def open_store(run: Path, db: Path, must_exist: bool) -> object:
+def open_store(run: Path, db: Path, must_exist: bool) -> ReviewStore:
     """The run's review store; exit 2 with one line when the run or the database is unusable."""
     from kneepain.cam.compute import CamInputError, run_identity
     from kneepain.console import console
