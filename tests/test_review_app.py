@@ -178,6 +178,8 @@ def test_sign_in_link_sets_a_strict_cookie_and_cleans_the_address(fresh: tuple) 
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie
     browser.cookies.set("kneepain_review_token", tokens["bob"])
     assert browser.get("/api/cases").status_code == 200
+    out = browser.get("/signout", follow_redirects=False)
+    assert out.status_code == 303 and 'kneepain_review_token=""' in out.headers["set-cookie"]
     assert browser.get("/?token=wrong.secret", follow_redirects=False).status_code == 401
 
 

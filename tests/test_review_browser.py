@@ -124,6 +124,10 @@ def test_two_reviewers_label_blind_and_see_only_their_own_work(tmp_path: Path, c
         bob.reload()
         expect(bob.locator("#cat-none")).to_be_checked()
         expect(bob.locator("#prediction")).to_have_text("")  # still blind: bob never revealed it
+        bob.locator("#signout").click()  # the next reader at this computer must sign in anew
+        expect(bob.locator("#token")).to_be_visible()
+        bob.goto(f"{base}/cases/9100003")
+        expect(bob.locator("h1")).to_have_text("Sign in")
     finally:
         server.send_signal(signal.SIGKILL)  # a killed server must lose nothing acknowledged
         server.wait(timeout=10)

@@ -344,6 +344,10 @@ def create_app(
         """Authenticate every request; a ``?token=`` link sets the cookie and redirects to a clean URL."""
         if request.url.path.startswith("/static/"):
             return await call_next(request)
+        if request.url.path == "/signout":  # a shared reading-room computer: the next reader signs in anew
+            signed_out = RedirectResponse("/", status_code=303)
+            signed_out.delete_cookie(TOKEN_COOKIE)
+            return signed_out
         from_query = request.query_params.get("token")
         offered = request.headers.get(TOKEN_HEADER) or from_query or request.cookies.get(TOKEN_COOKIE) or ""
         account = context.authenticate(offered)
