@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from kneepain.cam.compute import run_identity
 from kneepain.cli import app
-from kneepain.review.export import blinding_summary, pairwise_kappa
+from kneepain.review.export import blind_labels, blinding_summary, pairwise_kappa
 from kneepain.review.store import CATEGORIES, CATEGORY_LABELS, Protocol, ReviewStore
 from review_fixtures import make_review_run, make_study
 
@@ -127,15 +127,23 @@ def test_pairwise_kappa_matches_sklearn_with_partial_overlap() -> None:
         assert row.cases == len(shared) and row.kappa == pytest.approx(expected)
 
 
-def test_a_migrated_label_counts_as_unknown_blinding(tmp_path: Path) -> None:
+def test_a_case_with_a_migrated_label_counts_as_unknown_blinding(tmp_path: Path) -> None:
+    history = pd.DataFrame(
+        {
+            "id": [1, 2, 3],
+            "case_id": ["1", "1", "2"],
+            "reviewer": "carol",
+            "after_reveal": [None, 0, 0],  # case 1: saved before reveals were recorded, then again
+            "other": [1, 0, 1],
+        }
+    )
     blinding = blinding_summary(
         pd.DataFrame({"case_id": ["1", "2"], "reviewer": ["carol", "carol"]}),
-        pd.DataFrame(
-            {"id": [1, 2], "case_id": ["1", "2"], "reviewer": ["carol", "carol"], "after_reveal": [None, 0]}
-        ),
+        history,
         pd.DataFrame(columns=["case_id", "reviewer", "what", "revealed_at"]),
     ).set_index("reviewer")
     assert blinding.loc["carol", ["labelled", "committed_blind", "unknown_blinding"]].tolist() == [2, 1, 1]
+    assert blind_labels(history)["case_id"].tolist() == ["2"]
 
 
 def test_add_reviewer_prints_the_secret_once_and_the_first_call_creates_the_admin(tmp_path: Path) -> None:

@@ -72,9 +72,22 @@ def lesion_tables(reviews: pd.DataFrame, cases: pd.DataFrame) -> pd.DataFrame:
     return table[LESION_COLUMNS]
 
 
+def known_history(history: pd.DataFrame) -> pd.DataFrame:
+    """History of the (case, reviewer) pairs whose every save recorded its blinding state.
+
+    A pair with a save migrated from schema 1 is left out as a whole: a reveal before the
+    migration was not recorded, so even a later save cannot be called blind.
+    """
+    unknown = (
+        history["after_reveal"].isna().groupby([history["case_id"], history["reviewer"]]).transform("any")
+    )
+    return history[~unknown]
+
+
 def blind_labels(history: pd.DataFrame) -> pd.DataFrame:
     """Each (case, reviewer)'s last version saved before anything of the case was revealed to them."""
-    blind = history[history["after_reveal"].eq(0)]
+    known = known_history(history)
+    blind = known[known["after_reveal"].eq(0)]
     return blind.sort_values("id").groupby(["case_id", "reviewer"], as_index=False).last()
 
 
@@ -85,12 +98,12 @@ def blinding_summary(reviews: pd.DataFrame, history: pd.DataFrame, reveals: pd.D
     def cases_where(frame: pd.DataFrame) -> pd.Series:
         return frame.drop_duplicates(["case_id", "reviewer"]).groupby("reviewer").size()
 
+    known = known_history(history)
     labelled = cases_where(reviews)
-    blind = cases_where(history[history["after_reveal"].eq(0)])
-    recorded = history["after_reveal"].notna().groupby([history["case_id"], history["reviewer"]]).any()
-    unknown = recorded[~recorded].reset_index().groupby("reviewer").size()
+    blind = cases_where(known[known["after_reveal"].eq(0)])
+    unknown = cases_where(history[history["after_reveal"].isna()])
     revealed = cases_where(reveals)
-    edited = cases_where(history[history["after_reveal"].eq(1)])
+    edited = cases_where(known[known["after_reveal"].eq(1)])
     first = reveals.groupby("reviewer")["revealed_at"].min()
     table = pd.DataFrame({"reviewer": names})
     for column, counts in (
