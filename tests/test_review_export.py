@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from kneepain.cam.compute import run_identity
 from kneepain.cli import app
-from kneepain.review.export import blind_labels, blinding_summary, pairwise_kappa
+from kneepain.review.export import blind_labels, blinding_summary, export_reviews, pairwise_kappa
 from kneepain.review.store import CATEGORIES, CATEGORY_LABELS, Protocol, ReviewStore
 from review_fixtures import make_review_run, make_study
 
@@ -233,3 +234,18 @@ def test_serve_passes_tls_to_uvicorn_and_insecure_allows_plain_http(
         ("0.0.0.0", str(cert), str(key)),
         ("0.0.0.0", None, None),
     ]
+
+
+def test_a_newline_name_kept_from_an_old_database_is_quoted_in_the_export(tmp_path: Path) -> None:
+    run = make_review_run(tmp_path)
+    db = tmp_path / "review.sqlite"
+    store = ReviewStore(db, run_identity(run))
+    store.save("9100001", "alice", ["other"], "", 0)
+    with sqlite3.connect(db) as connection:  # as a schema-1 app once let through
+        connection.execute("UPDATE reviews SET reviewer = 'alice' || char(10) WHERE reviewer = 'alice'")
+    store.save("9100001", "alice", ["none"], "", 0)
+    export_reviews(run, db, tmp_path / "out")
+    headings = [
+        line for line in (tmp_path / "out" / "lesion_table.md").read_text().splitlines() if "Reviewer" in line
+    ]
+    assert headings == ["## Reviewer alice", "## Reviewer 'alice\\n'"]

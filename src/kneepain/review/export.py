@@ -20,7 +20,7 @@ import pandas as pd
 from kneepain.cam.compute import read_cam_outputs, run_identity
 from kneepain.cam.stage import markdown_table
 from kneepain.fileio import write_csv, write_text
-from kneepain.review.store import CATEGORIES, CATEGORY_LABELS, ReviewStore
+from kneepain.review.store import CATEGORIES, CATEGORY_LABELS, REVIEWER_PATTERN, ReviewStore
 
 EXPORT_DIR = "review"
 LESION_COLUMNS = ["reviewer", "category", "n", "percent", "correct", "wrong"]
@@ -210,7 +210,9 @@ def export_reviews(run_dir: str | Path, db_path: str | Path, out_dir: str | Path
                 "wrong": "Pred. wrong",
             }
         )
-        lines += [f"## Reviewer {reviewer}", "", markdown_table(shown)]
+        # a name kept from a schema-1 database may not be a valid one now ("alice\n"): show it quoted
+        name = reviewer if REVIEWER_PATTERN.match(reviewer) else repr(reviewer)
+        lines += [f"## Reviewer {name}", "", markdown_table(shown)]
     if len(blinding):
         lines += [
             "## Blinding (cases per reviewer; committed_blind: a label saved before anything was revealed)",
