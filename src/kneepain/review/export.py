@@ -114,7 +114,7 @@ def blinding_summary(reviews: pd.DataFrame, history: pd.DataFrame, reveals: pd.D
         ("edited_after_reveal", edited),
     ):
         table[column] = table["reviewer"].map(counts).fillna(0).astype(int)
-    table["first_reveal_at"] = table["reviewer"].map(first).fillna("")
+    table["first_reveal_at"] = table["reviewer"].map(first).astype(object).fillna("")
     return table[BLINDING_COLUMNS]
 
 
