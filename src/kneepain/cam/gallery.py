@@ -156,7 +156,7 @@ def write_gallery(
     out_dir: Path,
     tolerance_cells: int = 1,
 ) -> pd.DataFrame:
-    """Write ``<out_dir>/<ID>.png`` for the picked cases and ``gallery.csv`` beside the folder."""
+    """Write ``<out_dir>/<ID>.jpg`` for the picked cases and ``gallery.csv`` beside the folder."""
     rows = []
     for position in pick_cases(outputs.index, table, GALLERY_CORRECT, GALLERY_WRONG):
         row = outputs.index.iloc[position]
@@ -165,7 +165,7 @@ def write_gallery(
         measured = masks is not None and (pd.isna(excluded) or excluded == "")
         labels = masks(str(row["subject_id"]), str(row["painful_side"])) if measured else None
         image, plot_fraction = case_image(case_panels(outputs, position, record, labels, tolerance_cells))
-        name = f"{row['subject_id']}.png"
+        name = f"{row['subject_id']}.jpg"  # photographic panels: JPEG keeps the report light
         save_overlay(out_dir / name, image)
         rows.append(
             {

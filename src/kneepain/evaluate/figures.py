@@ -88,6 +88,7 @@ def plot_roc(
     """
     plt = _figure()
     fig, ax = plt.subplots(figsize=(4.8, 5.2), layout="constrained")
+    fig.get_layout_engine().set(h_pad=0.08)  # room above the title: aspect=equal otherwise clips it
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance")
     for curve in curves:
         ci = f"{fmt(curve.ci_low)}–{fmt(curve.ci_high)}"
