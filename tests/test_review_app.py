@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -164,6 +165,23 @@ def test_secrets_are_stored_hashed_and_checked(fresh: tuple) -> None:
         store.add_account("alice", "reviewer")
     renewed = store.add_account("alice", "reviewer", replace=True)
     assert store.authenticate(tokens["alice"]) is None and store.authenticate(renewed).name == "alice"
+
+
+def test_a_reset_secret_stops_working_on_a_running_server(
+    fresh: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kneepain.review.app as review_app
+
+    run, db, tokens = fresh
+    monkeypatch.setattr(review_app, "AUTH_CACHE_SECONDS", 1.0)
+    alice = TestClient(create_app(run, db), headers={"X-Review-Token": tokens["alice"]})
+    assert alice.get("/api/cases").status_code == 200  # verified, remembered for 1 s
+    verified = time.monotonic()
+    ReviewStore(db, run_identity(run)).add_account("alice", "reviewer", replace=True)
+    time.sleep(max(0.0, verified + 0.6 - time.monotonic()))
+    assert alice.get("/api/cases").status_code == 200  # still remembered, and not re-stamped by this use
+    time.sleep(max(0.0, verified + 1.1 - time.monotonic()))
+    assert alice.get("/api/cases").status_code == 401
 
 
 def test_sign_in_link_sets_a_strict_cookie_and_cleans_the_address(fresh: tuple) -> None:

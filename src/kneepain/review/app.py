@@ -33,6 +33,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kneepain.cam.compute import OVERLAY_DIR, CamInputError, read_cam_outputs, run_identity
@@ -190,17 +191,26 @@ class ReviewContext:
         self._scales: dict[str, tuple[float, float]] = {}
         self._accounts: dict[bytes, tuple[Account, float]] = {}
 
+    def _cache_key(self, token: str) -> bytes:
+        return hashlib.sha256(token.encode("utf-8", "replace")).digest()
+
+    def cached_account(self, token: str) -> Account | None:
+        """The token's account if it was verified within the last minute (no scrypt)."""
+        cached = self._accounts.get(self._cache_key(token))
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        return None
+
     def authenticate(self, token: str) -> Account | None:
         """The token's account; verified once a minute per token (scrypt is slow by design)."""
         if not token:
             return None
-        key = hashlib.sha256(token.encode("utf-8", "replace")).digest()
-        cached = self._accounts.get(key)
-        if cached is not None and cached[1] > time.monotonic():
-            return cached[0]
+        cached = self.cached_account(token)
+        if cached is not None:
+            return cached  # not re-stamped: a reset secret stops working within the minute
         account = self.store.authenticate(token)
         if account is not None:
-            self._accounts[key] = (account, time.monotonic() + AUTH_CACHE_SECONDS)
+            self._accounts[self._cache_key(token)] = (account, time.monotonic() + AUTH_CACHE_SECONDS)
         return account
 
     def case(self, case_id: str) -> int:
@@ -350,7 +360,9 @@ def create_app(
             return signed_out
         from_query = request.query_params.get("token")
         offered = request.headers.get(TOKEN_HEADER) or from_query or request.cookies.get(TOKEN_COOKIE) or ""
-        account = context.authenticate(offered)
+        account = context.cached_account(offered) if offered else None
+        if account is None and offered:  # scrypt off the event loop: it would stall every other request
+            account = await run_in_threadpool(context.authenticate, offered)
         if account is None:
             if request.method == "GET" and not request.url.path.startswith("/api/"):
                 page = templates.TemplateResponse(
