@@ -60,3 +60,54 @@ def test_outputs_get_the_usual_modes_not_owner_only(tmp_path: Path, umask: int) 
     assert stat.S_IMODE((tmp_path / "bundle").stat().st_mode) == expected_dir
     assert stat.S_IMODE((tmp_path / "bundle" / "model.json").stat().st_mode) == expected_file
     assert stat.S_IMODE((tmp_path / "bundle" / "model.safetensors").stat().st_mode) == expected_file
+
+
+def test_stale_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from kneepain.fileio import owner_tag, remove_stale_temporaries
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    host, dead_pid = owner_tag().split("~")[0], int(dead.stdout)
+    (tmp_path / "parts").mkdir()
+    stale_file = tmp_path / "parts" / f".cache.npy.{host}~{dead_pid}.abcd1234.tmp"
+    stale_file.write_bytes(b"half a cache")
+    stale_dir = tmp_path / f".ingest.{host}~{dead_pid}.x1y2z3w4.tmp"
+    stale_dir.mkdir()
+    (stale_dir / "series.csv").write_text("half")
+    mine = tmp_path / f".index.csv.{owner_tag()}.q1w2e3r4.tmp"  # this process: still writing
+    mine.write_text("in progress")
+    other_host = tmp_path / f".qc.csv.elsewhere~{dead_pid}.q1w2e3r4.tmp"  # another node's shard
+    other_host.write_text("in progress")
+    removed = remove_stale_temporaries(tmp_path, recursive=True)
+    assert sorted(removed) == sorted([stale_file, stale_dir])
+    assert mine.exists() and other_host.exists()
+
+
+def test_a_swap_cut_between_its_renames_gets_the_old_folder_back(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from kneepain.fileio import owner_tag, remove_stale_temporaries
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    tag = f"{owner_tag().split('~')[0]}~{int(dead.stdout)}"
+    old, new = tmp_path / f".ingest.{tag}.old", tmp_path / f".ingest.{tag}.k9k9k9k9.tmp"
+    old.mkdir()
+    (old / "series.csv").write_text("previous output")
+    new.mkdir()
+    remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ingest"]
+    assert (tmp_path / "ingest" / "series.csv").read_text() == "previous output"
+
+
+def test_temporaries_are_named_after_their_writer(tmp_path: Path) -> None:
+    from kneepain.fileio import owner_tag
+
+    with atomic_path(tmp_path / "a.csv") as tmp:
+        assert tmp.name.startswith(f".a.csv.{owner_tag()}.") and tmp.name.endswith(".tmp")

@@ -39,6 +39,7 @@ from kneepain.contracts import (
     run_work_folder,
 )
 from kneepain.fileio import atomic_path, write_csv, write_json
+from kneepain.workers import kill_point
 
 CAM_DIR = "cam"
 CAM_ARRAY = "cams.npy"
@@ -231,6 +232,7 @@ def compute_cams(
             cams[chunk] = batch_cams
             if on_batch is not None:
                 on_batch(len(chunk))
+            kill_point("cam:batch")
     assert cams is not None  # read_run guarantees at least one test subject
     index = cam_index(run.subjects, cams)
     meta = {

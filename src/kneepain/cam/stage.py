@@ -28,7 +28,7 @@ from kneepain.cam.localization import (
     truth_mask_source,
 )
 from kneepain.cam.overlay import GALLERY_DIR, write_overlays
-from kneepain.console import console
+from kneepain.console import console, progress_counter
 from kneepain.fileio import atomic_dir, write_csv, write_json, write_text
 
 LOCALIZATION_TABLE = "localization.csv"
@@ -71,13 +71,10 @@ def run_cam_stage(
     tolerance_cells: int = 1,
 ) -> dict[str, Any]:
     """Compute, draw and measure the CAMs of a run into ``RUN/cam``; return the localization summary."""
-    from rich.progress import Progress
-
     run = read_run(run_dir)
     masks, skipped = choose_masks(truth, cache_masks, run.work)
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("CAMs", total=len(run.subjects))
-        result = compute_cams(run, loader, batch_size, device, on_batch=lambda n: bar.advance(task, n))
+    with progress_counter("CAMs", total=len(run.subjects)) as advance:
+        result = compute_cams(run, loader, batch_size, device, on_batch=advance)
     with atomic_dir(run_dir / CAM_DIR) as tmp:
         write_cam_outputs(tmp, result)
         outputs = read_cam_outputs(run_dir, tmp)

@@ -28,7 +28,7 @@ from kneepain.console import progress
 from kneepain.contracts import SERIES_COLUMNS
 from kneepain.ingest import IngestError
 from kneepain.preprocess.series_io import DicomLimits, SeriesError, read_header
-from kneepain.workers import die_with_parent
+from kneepain.workers import die_with_parent, kill_point
 
 INDEX_COLUMNS = ("Folder", "ParticipantID", "StudyDate", "Barcode", "StudyDescription", "SeriesDescription")
 SERIES_NAME = "SAG_IW_TSE"
@@ -411,12 +411,19 @@ def _map(function, items: Sequence, workers: int | None, description: str) -> li
     """Apply ``function`` to every item, in a process pool when ``workers`` > 1, with a progress bar."""
     workers = (os.cpu_count() or 1) if workers is None else max(1, workers)
     if workers == 1 or len(items) < 2:
-        return list(progress(map(function, items), description, total=len(items)))
+        return [_passed(r) for r in progress(map(function, items), description, total=len(items))]
     chunk = max(1, len(items) // (workers * 8))
     with ProcessPoolExecutor(
         max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)
     ) as pool:
-        return list(progress(pool.map(function, items, chunksize=chunk), description, total=len(items)))
+        results = pool.map(function, items, chunksize=chunk)
+        return [_passed(r) for r in progress(results, description, total=len(items))]
+
+
+def _passed(result: object) -> object:
+    """One result collected (the fault-injection tests kill the stage here, mid-pool)."""
+    kill_point("ingest:headers")
+    return result
 
 
 def _summarise_task(args: tuple[SeriesCandidate, str]) -> dict[str, object]:

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from kneepain import __version__
-from kneepain.console import console
+from kneepain.console import console, safe
 from kneepain.contracts import (
     FOLDS_FILE,
     PREDICTION_COLUMNS,
@@ -142,7 +142,9 @@ def bundle_templates(work: Path, fingerprint: dict[str, Any]) -> np.ndarray | No
         return None
     path = WorkPaths(work).preprocess / TEMPLATE_FILE
     if not path.exists():
-        console.print(f"[yellow]{path}: not found; the fold bundles will not be usable by `kneepain predict`")
+        console.print(
+            f"[yellow]{safe(path)}: not found; the fold bundles will not be usable by `kneepain predict`"
+        )
         return None
     try:
         templates = np.load(path, allow_pickle=False)

@@ -497,8 +497,10 @@ def fit(
             {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in entry.items()}
         )
         if dist.is_main:
-            save_checkpoint(out_dir, module, optimizer, scheduler, progress_state, best, averaged)
+            # The log first: a kill between the two leaves a line past the checkpoint (dropped on
+            # resume), never a checkpoint whose epoch is missing from the log.
             write_text(out_dir / METRICS_LOG, "".join(json.dumps(h) + "\n" for h in history))
+            save_checkpoint(out_dir, module, optimizer, scheduler, progress_state, best, averaged)
     if keep_last:
         if averaged is not None:
             module.load_state_dict(averaged.module.state_dict())
