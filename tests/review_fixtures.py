@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -87,7 +88,7 @@ def free_port() -> int:
 
 
 def start_server(
-    run: Path, db: Path, port: int, *extra: str, scheme: str = "http", verify: str | bool = True
+    run: Path, db: Path, port: int, *extra: str, scheme: str = "http", verify: ssl.SSLContext | bool = True
 ) -> subprocess.Popen[bytes]:
     """`python -m kneepain review serve` on 127.0.0.1; returns once it answers (401: sign-in page)."""
     server = subprocess.Popen(

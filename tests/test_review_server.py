@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,19 +138,11 @@ def test_tls_serves_https_and_the_sign_in_cookie_is_secure(tmp_path: Path) -> No
     tokens = make_study(run, db)
     cert, key = self_signed(tmp_path)
     port = free_port()
-    process = start_server(
-        run,
-        db,
-        port,
-        "--ssl-certfile",
-        str(cert),
-        "--ssl-keyfile",
-        str(key),
-        scheme="https",
-        verify=str(cert),
-    )
+    trust = ssl.create_default_context(cafile=str(cert))
+    tls = ("--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
+    process = start_server(run, db, port, *tls, scheme="https", verify=trust)
     try:
-        with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=str(cert)) as client:
+        with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=trust) as client:
             moved = client.get(f"/cases/9100001?token={tokens['alice']}", follow_redirects=False)
             assert moved.status_code == 303 and moved.headers["location"] == "/cases/9100001"
             cookie = moved.headers["set-cookie"]
