@@ -14,7 +14,13 @@ from typer.testing import CliRunner
 
 from kneepain.cam.compute import run_identity
 from kneepain.cli import app
-from kneepain.review.export import blind_labels, blinding_summary, export_reviews, pairwise_kappa
+from kneepain.review.export import (
+    blind_labels,
+    blinding_summary,
+    export_reviews,
+    lesion_tables,
+    pairwise_kappa,
+)
 from kneepain.review.store import CATEGORIES, CATEGORY_LABELS, Protocol, ReviewStore
 from review_fixtures import make_review_run, make_study
 
@@ -249,3 +255,30 @@ def test_a_newline_name_kept_from_an_old_database_is_quoted_in_the_export(tmp_pa
         line for line in (tmp_path / "out" / "lesion_table.md").read_text().splitlines() if "Reviewer" in line
     ]
     assert headings == ["## Reviewer alice", "## Reviewer 'alice\\n'"]
+
+
+def test_export_tables_for_70_reviewers_take_seconds_not_a_minute() -> None:
+    import time
+
+    rng = np.random.default_rng(7)
+    cases = pd.DataFrame(
+        {"subject_id": [f"c{c:03d}" for c in range(107)], "correct": rng.uniform(size=107) < 0.7}
+    )
+    history = pd.DataFrame(
+        [
+            {"case_id": c, "reviewer": f"r{r:02d}", **{k: int(rng.uniform() < 0.3) for k in CATEGORIES}}
+            for r in range(70)
+            for c in cases["subject_id"]
+        ]
+    )
+    history["id"] = range(len(history))
+    history["after_reveal"] = 0
+    began = time.perf_counter()
+    kappas = pairwise_kappa(blind_labels(history))
+    blinding = blinding_summary(
+        history, history, pd.DataFrame(columns=["case_id", "reviewer", "revealed_at"])
+    )
+    lesions = lesion_tables(history, cases)
+    seconds = time.perf_counter() - began
+    assert len(kappas) == 70 * 69 // 2 * len(CATEGORIES) and len(blinding) == 70 and len(lesions) == 70 * 8
+    assert seconds < 3.0, f"{seconds:.1f} s (the per-pair export took 56 s for ~70 reviewers)"
