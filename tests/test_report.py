@@ -227,3 +227,17 @@ def test_malformed_run_json_is_named_not_a_traceback(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert isinstance(result.exception, SystemExit)  # a clean exit, not a traceback
     assert "run.json" in result.output
+
+
+def test_cam_folder_without_a_gallery_shows_both_knees_of_each_case(tmp_path: Path) -> None:
+    run = full_run(tmp_path, synthetic=True)
+    (run / "cam" / "gallery.csv").unlink()  # a cam folder written before the gallery existed
+    build_report(run)
+    links = Links()
+    links.feed((run / "report.html").read_text())
+    overlays = [image for image in links.images if image.startswith("cam-")]
+    assert overlays == [f"cam-{i}" for i in range(8)]  # four cases, left and right knee each
+    cam = section_html((run / "report.html").read_text(), "cam")
+    assert "Participant 9000001, painful knee right, predicted right: left knee." in cam
+    assert "Participant 9000001, painful knee right, predicted right: right knee." in cam
+    assert 'data-plot-width-fraction="0.894"' in cam

@@ -65,7 +65,8 @@ def save_figure(target: Path, mri: np.ndarray, cam: np.ndarray, low: float, high
 
 PANEL = 448  # display size of each 224 px cache slice (x2)
 MARGIN = 12
-TITLE_HEIGHT = 44
+TITLE_HEIGHT = 48  # one title line at a readable size; each further line adds TITLE_LINE
+TITLE_LINE = 30
 BAR_WIDTH = 18
 HEAT_ALPHA = 0.45  # as cam.overlay: the heat map over the MRI
 OVERLAY_WIDTH = 3 * MARGIN + 2 * PANEL + MARGIN + BAR_WIDTH + 40  # pixels: 2 panels, bar and its labels
@@ -97,22 +98,26 @@ def overlay_image(
     grey = cv2.resize(np.asarray(mri, np.uint8), (PANEL, PANEL), interpolation=cv2.INTER_LINEAR)
     blended = cv2.addWeighted(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR), 1 - HEAT_ALPHA, heat, HEAT_ALPHA, 0)
     centre = (round((hot_spot[1] + 0.5) * scale), round((hot_spot[0] + 0.5) * scale))
-    cv2.drawMarker(blended, centre, (255, 255, 255), cv2.MARKER_CROSS, 22, 2)
-    cv2.drawMarker(blended, centre, (0, 0, 0), cv2.MARKER_CROSS, 22, 1)
+    cv2.drawMarker(blended, centre, (0, 0, 0), cv2.MARKER_CROSS, 30, 5)
+    cv2.drawMarker(blended, centre, (255, 255, 255), cv2.MARKER_CROSS, 30, 2)
     bar_levels = np.linspace(255, 0, PANEL).astype(np.uint8)[:, None].repeat(BAR_WIDTH, axis=1)
     bar = cv2.applyColorMap(bar_levels, cv2.COLORMAP_JET)
-    canvas = np.full((TITLE_HEIGHT + PANEL + MARGIN, OVERLAY_WIDTH, 3), 255, np.uint8)
-    top = TITLE_HEIGHT
+    lines = title[:2]
+    top = TITLE_HEIGHT + TITLE_LINE * (len(lines) - 1)
+    canvas = np.full((top + PANEL + MARGIN, OVERLAY_WIDTH, 3), 255, np.uint8)
     canvas[top : top + PANEL, MARGIN : MARGIN + PANEL] = heat
     left = 2 * MARGIN + PANEL
     canvas[top : top + PANEL, left : left + PANEL] = blended
     bar_left = left + PANEL + 2 * MARGIN
     canvas[top : top + PANEL, bar_left : bar_left + BAR_WIDTH] = bar
     font = cv2.FONT_HERSHEY_SIMPLEX
-    for value, y in (("1", top + 10), ("0.5", top + PANEL // 2 + 5), ("0", top + PANEL)):
-        cv2.putText(canvas, value, (bar_left + BAR_WIDTH + 4, y), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    for i, line in enumerate(title[:2]):
-        cv2.putText(canvas, line, (MARGIN, 17 + 18 * i), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    for value, y in (("1", top + 14), ("0.5", top + PANEL // 2 + 6), ("0", top + PANEL)):
+        cv2.putText(canvas, value, (bar_left + BAR_WIDTH + 4, y), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    for i, line in enumerate(lines):
+        weight = 2 if i == 0 else 1
+        natural = cv2.getTextSize(line, font, 1.0, weight)[0][0]
+        size = min(0.85, (OVERLAY_WIDTH - 2 * MARGIN) / max(natural, 1))  # long titles shrink to fit
+        cv2.putText(canvas, line, (MARGIN, 32 + TITLE_LINE * i), font, size, (0, 0, 0), weight, cv2.LINE_AA)
     return canvas
 
 
