@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -124,6 +125,21 @@ def test_two_reviewers_label_blind_and_see_only_their_own_work(tmp_path: Path, c
         bob.reload()
         expect(bob.locator("#cat-none")).to_be_checked()
         expect(bob.locator("#prediction")).to_have_text("")  # still blind: bob never revealed it
+        # a note typed just before the tab is closed is saved too
+        bob.locator("#note").click()
+        bob.keyboard.type("typed right before closing")
+        bob.close(run_before_unload=True)
+        for _ in range(25):
+            with sqlite3.connect(db) as connection:
+                note = connection.execute(
+                    "SELECT note FROM reviews WHERE case_id = '9100003' AND reviewer = 'bob'"
+                ).fetchone()[0]
+            if note:
+                break
+            time.sleep(0.2)
+        assert note == "typed right before closing"
+        bob = chromium.contexts[-1].new_page()
+        bob.goto(f"{base}/")
         bob.locator("#signout").click()  # the next reader at this computer must sign in anew
         expect(bob.locator("#token")).to_be_visible()
         bob.goto(f"{base}/cases/9100003")
@@ -139,7 +155,7 @@ def test_two_reviewers_label_blind_and_see_only_their_own_work(tmp_path: Path, c
         ("9100002", "alice", 1, 0, "", 1),
         ("9100002", "bob", 1, 0, "", 1),
         ("9100003", "alice", 1, 0, "typed right before leaving", 3),
-        ("9100003", "bob", 0, 1, "", 1),
+        ("9100003", "bob", 0, 1, "typed right before closing", 2),
     ]
     result = CliRunner().invoke(app, ["review", "export", str(run), "--db", str(db)])
     assert result.exit_code == 0, result.output
