@@ -87,7 +87,7 @@ def plot_roc(
     name); its configuration belongs in the caption.
     """
     plt = _figure()
-    fig, ax = plt.subplots(figsize=(4.8, 5.2), layout="constrained")
+    fig, ax = plt.subplots(figsize=(4.8, 4.95 + 0.25 * len(curves)), layout="constrained")  # legend below
     fig.get_layout_engine().set(h_pad=0.08)  # room above the title: aspect=equal otherwise clips it
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance")
     for curve in curves:

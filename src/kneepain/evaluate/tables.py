@@ -113,8 +113,7 @@ def comparison_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         "Compared with",
         "What differs",
         "Common (dropped)",
-        "AUC run",
-        "AUC other",
+        "AUC run / other",
         "Δ AUC",
         "p",
     ]
@@ -124,8 +123,7 @@ def comparison_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             r.other_run,
             r.differs,
             f"{r.n_common} ({r.n_only_run} + {r.n_only_other})",
-            fmt(r.auc_run),
-            fmt(r.auc_other),
+            f"{fmt(r.auc_run)} / {fmt(r.auc_other)}",
             fmt(r.difference),
             fmt_p(r.p_value),
         ]

@@ -267,6 +267,7 @@ def _show_comparisons(section: Section, table: pd.DataFrame) -> None:
     header, rows = comparison_rows(table)
     section.table(
         pd.DataFrame(rows, columns=header),
+        css="comparisons",
         note="DeLong's paired test on the participants both runs predicted; Δ AUC = other − run; "
         "dropped = participants only in the run + only in the other.",
     )
