@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from kneepain.evaluate.stage import EvaluateOptions, evaluate_run
 from kneepain.report.html import build_report
-from test_report import REPR, full_run
+from test_evaluate_stage import write_cohort, write_run
+from test_report import ARCHITECTURE, REPR, RUN_INFO, full_run
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -30,9 +32,16 @@ def svg_texts(path: Path) -> list[str]:
 @pytest.mark.browser
 def test_report_reads_well_at_desktop_and_phone_width(tmp_path: Path, chromium: Browser) -> None:
     run = full_run(tmp_path, synthetic=True)
+    work = run.parent.parent
+    wider = {**RUN_INFO, "architecture": {**ARCHITECTURE, "width": 1.0, "combine": "concat"}}
+    other = write_run(work, "wider-network-with-a-long-name", write_cohort(work), seed=2, **wider)
+    evaluate_run(run, EvaluateOptions(compare=(other,), n_bootstrap=50, seed=1))
     report = build_report(run)
     legend = [t for t in svg_texts(run / "evaluation" / "roc.svg") if "AUC" in t]
-    assert legend and all(t.startswith("kneenet (Model A): AUC ") for t in legend), legend
+    assert [t.split(":")[0] for t in legend] == [
+        "kneenet (Model A)",
+        "wider-network-with-a-long-name (Model A)",
+    ]
     for figure in ("roc.svg", "calibration.svg"):
         drawn = svg_texts(run / "evaluation" / figure)
         assert not [t for t in drawn if REPR.search(t)], drawn
@@ -44,6 +53,12 @@ def test_report_reads_well_at_desktop_and_phone_width(tmp_path: Path, chromium: 
         page.wait_for_load_state("load")
         scroll = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
         assert scroll[0] <= scroll[1], f"{width} px: the page scrolls sideways ({scroll})"
+        page.click("#configuration summary")  # the run's settings, folded away until asked for
+        wide = page.evaluate(
+            "[...document.querySelectorAll('.table-wrap')].filter(w => w.scrollWidth > w.clientWidth + 1)"
+            ".map(w => w.innerText.slice(0, 60))"
+        )
+        assert wide == [], f"{width} px: tables wider than the page: {wide}"
         images = page.evaluate(
             """[...document.images].map(img => ({id: img.id, natural: img.naturalWidth,
               loaded: img.complete && img.naturalWidth > 0,

@@ -260,16 +260,22 @@ def _show_subgroups(section: Section, table: pd.DataFrame) -> None:
 
 
 def _show_comparisons(section: Section, table: pd.DataFrame) -> None:
+    """One two-column table per compared run (eight columns side by side do not fit a phone)."""
     if table.empty:
         section.missing = "No comparison was requested: kneepain evaluate RUN --compare OTHER_RUN."
         return
     table["differs"] = table["differs"].fillna("")
     header, rows = comparison_rows(table)
-    section.table(
-        pd.DataFrame(rows, columns=header),
-        css="comparisons",
-        note="DeLong's paired test on the participants both runs predicted; Δ AUC = other − run; "
+    for row in rows:
+        section.table(
+            pd.DataFrame({"Quantity": header[2:], "Value": row[2:]}),
+            caption=f"{row[0]} compared with {row[1]}",
+            css="comparisons",
+        )
+    section.text(
+        "DeLong's paired test on the participants both runs predicted; Δ AUC = other − run; "
         "dropped = participants only in the run + only in the other.",
+        "note",
     )
 
 
