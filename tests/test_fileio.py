@@ -111,3 +111,20 @@ def test_temporaries_are_named_after_their_writer(tmp_path: Path) -> None:
 
     with atomic_path(tmp_path / "a.csv") as tmp:
         assert tmp.name.startswith(f".a.csv.{owner_tag()}.") and tmp.name.endswith(".tmp")
+
+
+def test_cleaning_a_users_folder_touches_only_the_named_targets(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from kneepain.fileio import owner_tag, remove_stale_temporaries
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    tag = f"{owner_tag().split('~')[0]}~{int(dead.stdout)}"
+    ours, theirs = tmp_path / f".prediction.{tag}.a1b2c3d4.tmp", tmp_path / f".notes.{tag}.a1b2c3d4.tmp"
+    ours.mkdir()
+    theirs.write_text("not ours to judge")
+    assert remove_stale_temporaries(tmp_path, names={"prediction"}) == [ours]
+    assert theirs.exists()

@@ -65,7 +65,9 @@ def test_mended_file_and_replaced_series_recompute_exactly_that_participant(
     run_ingest(images, clinical, work, workers=1)
     capsys.readouterr()
     mended = run_preprocess(work, workers=1)
-    assert "preprocess: recomputed 1: inputs changed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "preprocess: recomputed 1: inputs changed" in err
+    assert "template.npy was built from series files that changed since; it is kept" in err
     assert (mended["processed"], mended["recomputed"]) == (1, 1)
     assert mended["skipped"] == first["subjects"] - 1
     after = part_bytes(work)

@@ -61,12 +61,15 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def remove_stale_temporaries(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
+def remove_stale_temporaries(
+    folder: str | os.PathLike[str], recursive: bool = False, names: set[str] | None = None
+) -> list[Path]:
     """Remove the temporary files and folders that dead runs left in ``folder``; return them.
 
     A temporary whose writer (host and pid in its name) is gone is removed; an ``.old`` folder
     kept while a folder was being replaced is put back when the replacement never arrived, so a
-    run killed at that instant leaves the previous output, as it was.
+    run killed at that instant leaves the previous output, as it was. ``names`` limits the
+    cleaning to the temporaries of those targets (for a folder that is the user's, not a stage's).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -74,18 +77,19 @@ def remove_stale_temporaries(folder: str | os.PathLike[str], recursive: bool = F
     removed = []
     entries = sorted(folder.rglob(".*") if recursive else folder.glob(".*"))
     for path in entries:
-        match = _TEMPORARY.match(path.name)
-        if match is not None:
-            if _alive(match["host"], int(match["pid"])):
+        named = _TEMPORARY.match(path.name)
+        match = named or _LEGACY_TEMPORARY.match(path.name)
+        if match is None or (names is not None and match["name"] not in names):
+            continue
+        if named is not None:
+            if _alive(named["host"], int(named["pid"])):
                 continue
-            target = path.with_name(match["name"])
+            target = path.with_name(named["name"])
             if path.name.endswith(".old") and not target.exists():
                 os.replace(path, target)  # the swap was cut between its two renames: keep the old output
                 continue
-        else:
-            legacy = _LEGACY_TEMPORARY.match(path.name)
-            if legacy is None or time.time() - path.lstat().st_mtime < LEGACY_AGE_SECONDS:
-                continue
+        elif time.time() - path.lstat().st_mtime < LEGACY_AGE_SECONDS:
+            continue
         _remove(path)
         removed.append(path)
     return removed

@@ -241,7 +241,10 @@ def predict_person(
         raise PredictInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     left_dir, right_dir = Path(left_dir), Path(right_dir)
     if out_dir is not None:
+        from kneepain.fileio import remove_stale_temporaries
+
         check_out_dir(Path(out_dir))
+        remove_stale_temporaries(Path(out_dir).parent, names={Path(out_dir).name})  # a killed run's
     timing: dict[str, float] = {}
     cpu_timing: dict[str, float] = {}  # process CPU seconds: what a shared machine cannot inflate
     clock, cpu_clock = time.perf_counter(), time.process_time()

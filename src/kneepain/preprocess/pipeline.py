@@ -299,6 +299,41 @@ def _check_template_record(path: Path, config: PreprocessConfig) -> None:
         )
 
 
+def _template_inputs(
+    config: PreprocessConfig, subjects: list[str], folders: dict, centres: pd.DataFrame | None
+) -> str:
+    """Hash of the files the template is built from (the first ``template_subjects`` subjects)."""
+    chosen = []
+    for subject_id in subjects[: config.template_subjects]:
+        for side in KNEES:
+            path = folders.get((subject_id, side))
+            if path is not None:
+                chosen.append(
+                    [subject_id, side, _folder_listing(path), centre_override(centres, subject_id, side)]
+                )
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()
+
+
+def _warn_if_template_inputs_changed(
+    path: Path, config: PreprocessConfig, subjects: list[str], folders: dict, centres: pd.DataFrame | None
+) -> None:
+    """Say so when the stored template was built from files that have changed since.
+
+    The template is kept (every part and any trained model depends on its hash); the user
+    decides whether to rebuild it.
+    """
+    try:
+        record = json.loads(path.with_name(cache_io.TEMPLATE_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    stored = record.get("inputs_sha256") if record.get("source") == "built" else None
+    if stored and stored != _template_inputs(config, subjects, folders, centres):
+        console.print(
+            f"[yellow]preprocess: {safe(path)} was built from series files that changed since; it is kept "
+            f"(every part depends on it): delete {safe(path.parent)} to rebuild it from the current files"
+        )
+
+
 def _build_templates(
     work: Path,
     config: PreprocessConfig,
@@ -332,6 +367,7 @@ def _build_templates(
         map_function=workers.map,
     )
     record = _template_record(config) | {"source": "built", "knees": len(knees), "rounds": history}
+    record["inputs_sha256"] = _template_inputs(config, subjects, folders, centres)
     if frame is not None:
         record["anatomical_frame"] = frame.record()
     return templates, record
@@ -355,6 +391,8 @@ def _templates_for(
     paths = WorkPaths(work)
     template_path = paths.preprocess / cache_io.TEMPLATE_FILE
     stored_config = cache_io.parts_dir(work) / "config.json"
+    if template_path.exists():
+        _warn_if_template_inputs_changed(template_path, config, subjects, folders, centres)
     given = (
         cache_io.read_template(Path(template_file), config.half_slices, config.template_field_mm)
         if template_file is not None
