@@ -241,3 +241,18 @@ def test_cam_folder_without_a_gallery_shows_both_knees_of_each_case(tmp_path: Pa
     assert "Participant 9000001, painful knee right, predicted right: left knee." in cam
     assert "Participant 9000001, painful knee right, predicted right: right knee." in cam
     assert 'data-plot-width-fraction="0.894"' in cam
+
+
+def test_split_run_shows_its_own_balance_table_with_p_values_as_a_reader_expects(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    run = write_run(work, "split", write_cohort(work), kind="split")
+    rows = [
+        ("n", "42", "9", "9", None, ""),
+        ("Age (years)", "61.1 ± 9.0", "60.2 ± 8.1", "62.0 ± 7.7", 0.000012, "ANOVA"),
+    ]
+    columns = ["parameter", "train", "validation", "test", "p_value", "method"]
+    pd.DataFrame(rows, columns=columns).to_csv(run / "split_balance.csv", index=False)
+    build_report(run)
+    split = section_html((run / "report.html").read_text(), "split-balance")
+    assert "70/15/15 split" in split and "<th>Validation</th>" in split
+    assert "<td>&lt;0.001</td>" in split and "1.2e-05" not in split
