@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 from ingest_fixtures import Participant, series_folder, write_clinical, write_images, write_series
 from kneepain.cli import INTERNAL_ERROR_CODE, app
 from kneepain.preprocess.config import PreprocessConfig
+from kneepain.preprocess.series_io import MAX_SLICE_PIXELS, SLICE_PIXELS_ENV
 
 MEMORY_LIMIT_MB = 1024
 SUBJECTS = ("9000001", "9000002", "9000003")
@@ -174,7 +175,12 @@ def test_predict_refuses_a_deflated_bomb_from_its_header(
     assert peak_mb < MEMORY_LIMIT_MB, f"peak {peak_mb:.0f} MB"
 
 
-def test_predict_refuses_rows_and_columns_of_65535(site: dict[str, Path], tmp_path: Path) -> None:
+def test_predict_refuses_rows_and_columns_of_65535(
+    site: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        SLICE_PIXELS_ENV, str(MAX_SLICE_PIXELS)
+    )  # the in-process run below raises it: undone after
     left, right = copy_pair(site, tmp_path)
     target = left / "zz_hostile"
     write_huge_header(target, sorted(left.iterdir())[0])

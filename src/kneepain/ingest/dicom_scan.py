@@ -62,6 +62,7 @@ _NUMBER_TAGS = {
         "NumberOfFrames",
     )
 }
+_DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 _SPACING_TOLERANCE_MM = 1e-3
 _ORIENTATION_TOLERANCE = 1e-3
 _GAP_FACTOR = 1.5  # a step between slice positions this many times the usual one means a lost slice
@@ -234,12 +235,14 @@ def _read_slice(path: Path, limits: DicomLimits | None = None) -> dict[str, obje
     limits = limits or DicomLimits.from_environment()
     try:
         size = path.stat().st_size
-        if b"1.2.840.10008.1.2.1.99" in path.open("rb").read(4096):  # deflated: bounded inflation only
-            header, pixel_start = read_header(path, specific_tags=_HEADER_TAGS), size
-        else:
-            with open(path, "rb") as handle:
+        with open(path, "rb") as handle:
+            deflated = _DEFLATED.encode() in handle.read(4096)  # named in the (never deflated) file meta
+            if not deflated:
+                handle.seek(0)
                 header = pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-                pixel_start = handle.tell()
+                pixel_start: int | None = handle.tell()
+        if deflated:  # the header from a bounded inflation; whether the data is whole is not known
+            header, pixel_start = read_header(path, specific_tags=_HEADER_TAGS), None
     except Exception as error:  # pydicom raises many types for damaged files; all mean unreadable
         return {"error": f"{path}: unreadable DICOM ({type(error).__name__}: {error})"}
     try:
@@ -276,7 +279,7 @@ def _read_slice(path: Path, limits: DicomLimits | None = None) -> dict[str, obje
     )
     syntax = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
     compressed = bool(syntax is not None and syntax.is_compressed)
-    if not compressed and size - pixel_start < expected + 8:
+    if pixel_start is not None and not compressed and size - pixel_start < expected + 8:
         return {
             "error": f"{path}: truncated file ({max(size - pixel_start, 0)} bytes of pixel data, "
             f"{expected} expected)"
