@@ -225,6 +225,7 @@ def predict_person(
     *,
     precision: str = "fp32",
     allow_qc_fail: bool = False,
+    maps: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Predict which knee of one person is painful, with maps; returns the prediction document.
 
@@ -233,6 +234,8 @@ def predict_person(
     overlay_<side>.png there atomically (None: write nothing). ``precision``: ``fp32`` or
     ``bf16`` (autocast). A knee failing the quality check raises PredictQCError unless
     ``allow_qc_fail`` (then the document says so). Every refusal is a PredictInputError.
+    ``maps``: when given, filled with the CAMs, per-knee preprocessing results, headers and
+    preprocessing config (``kneepain.export`` turns them into DICOM objects).
     """
     from kneepain.preprocess.knee import knee_info, preprocess_volume
     from kneepain.train.data import to_input
@@ -279,6 +282,8 @@ def predict_person(
 
     x = to_input(pixels[None], loaded.input_size)
     probs, cams = run_network(loaded.model, x, precision)
+    if maps is not None:
+        maps.update(cams=cams[0], results=results, headers=headers, config=config)
     lap("network")
 
     prob_left, prob_right = float(probs[0, 0]), float(probs[0, 1])
