@@ -9,12 +9,12 @@ MAX_SLICE_PIXELS = typer.Option(
     "--max-slice-pixels",
     min=1,
     help="Largest image one DICOM file may declare (Rows x Columns x frames), checked from the header "
-    "before any pixel is decoded [default: 16777216 = 4096 x 4096; env KNEEPAIN_MAX_SLICE_PIXELS].",
+    "before any pixel is decoded (default 16777216 = 4096 x 4096; or set KNEEPAIN_MAX_SLICE_PIXELS).",
 )
 MAX_SERIES_MB = typer.Option(
     None,
     "--max-series-mb",
     min=1,
     help="Largest pixel data one series' files may declare together, in MB "
-    "[default: 1024; env KNEEPAIN_MAX_SERIES_MB].",
+    "(default 1024; or set KNEEPAIN_MAX_SERIES_MB).",
 )
