@@ -291,3 +291,26 @@ def test_truth_masks_without_the_cohort_images_name_the_missing_series(
         CamInputError, match=f"subject {row['subject_id']} {row['side']}.*gone.*keep the cohort's images"
     ):
         truth_mask_source(truth / "truth", moved)(row["subject_id"], row["side"])
+
+
+def test_qc_audit_flags_a_manual_list_that_removes_painful_knees(
+    processed: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
+    """Failing the painful knee of every labelled subject by hand is an exclusion that depends on
+    pain: preprocess writes qc_audit.csv and counts it; the automatic run before had its audit too."""
+    _, work, summary = processed
+    assert (work / "preprocess" / "qc_audit.csv").is_file() and "qc_label_dependent" in summary
+    shutil.copytree(work / "ingest", tmp_path / "ingest")
+    shutil.copytree(work / "preprocess", tmp_path / "preprocess")
+    people = both_series(tmp_path)
+    people = people[people["label"].notna()]
+    assert len(people) >= 5
+    painful = ["right" if int(label) == 1 else "left" for label in people["label"]]
+    overrides = tmp_path / "qc_overrides.csv"
+    lines = [f"{s},{side},false,planted" for s, side in zip(people["subject_id"], painful, strict=True)]
+    overrides.write_text("subject_id,side,qc_pass,note\n" + "\n".join(lines) + "\n")
+    summary = run_preprocess(tmp_path, workers=1, qc_override_csv=overrides)
+    assert summary["processed"] == 0 and summary["qc_label_dependent"] >= 1
+    audit = pd.read_csv(tmp_path / "preprocess" / "qc_audit.csv")
+    final = audit[(audit["rule"] == "final decision") & (audit["comparison"] == "painful vs other knee")]
+    assert bool(final.iloc[0]["label_dependent"]) and final.iloc[0]["excluded_a"] == len(people)

@@ -36,6 +36,7 @@ from kneepain.preprocess import quality
 from kneepain.preprocess.centre_slice import centre_override, extent_centre, read_centre_overrides
 from kneepain.preprocess.config import CacheMismatchError, PreprocessConfig, array_sha256, read_config
 from kneepain.preprocess.knee import knee_info, preprocess_knee
+from kneepain.preprocess.qc_audit import audit_warnings, write_qc_audit
 from kneepain.preprocess.registration import MOVING_MARGIN_MM
 from kneepain.preprocess.series_io import SeriesError, read_knee_series
 from kneepain.preprocess.template import TemplateKnee, build_templates, window_on_grid
@@ -551,6 +552,10 @@ def run_preprocess(
             merge_start = time.perf_counter()
             summary.update(cache_io.merge_parts(work, subjects, config, overrides, series_paths=folders))
             summary["merge_seconds"] = round(time.perf_counter() - merge_start, 2)
+            warnings = audit_warnings(write_qc_audit(work))
+            summary["qc_label_dependent"] = len(warnings)
+            for line in warnings:
+                console.print(f"[bold red]warning:[/bold red] {safe(line)}")
         summary["peak_rss_main_mb"] = round(_own_peak_mb(), 1)
         summary["step_seconds"] = round(time.perf_counter() - step_start, 2)
         if todo:  # the whole step: template, pool start, subjects and merge
@@ -559,7 +564,7 @@ def run_preprocess(
             {
                 k: v
                 for k, v in summary.items()
-                if k in ("subjects", "processed", "recomputed", "skipped", "qc_pass")
+                if k in ("subjects", "processed", "recomputed", "skipped", "qc_pass", "qc_label_dependent")
             }
         )
         if summary.get("knees_per_s"):

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.stats import fisher_exact
 
-from kneepain.contracts import LABEL_RIGHT_PAINFUL
+from kneepain import fileio
+from kneepain.contracts import LABEL_RIGHT_PAINFUL, QC_REPORT, WorkPaths, read_cohort
 from kneepain.preprocess.quality import FLAGS
 
 AUDIT_TABLE = "qc_audit.csv"
@@ -124,3 +126,13 @@ def audit_warnings(audit: pd.DataFrame) -> list[str]:
             "the exclusion depends on pain; review these knees (--qc-overrides re-admits them)"
         )
     return lines
+
+
+def write_qc_audit(work: Path) -> pd.DataFrame:
+    """Audit ``WORK/preprocess/qc.csv`` against ``WORK/ingest/cohort.csv`` and write
+    ``WORK/preprocess/qc_audit.csv``; returns the table."""
+    paths = WorkPaths(Path(work))
+    qc = pd.read_csv(paths.preprocess / QC_REPORT, dtype={"subject_id": str})
+    audit = audit_qc(qc, read_cohort(paths.cohort_table))
+    fileio.write_csv(paths.preprocess / AUDIT_TABLE, audit)
+    return audit
