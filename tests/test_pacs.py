@@ -44,6 +44,7 @@ SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 @dataclass
 class Pacs:
     server: OrthancServer
+    work: Path
     bundle: Path
     subject: str
     folders: dict[str, Path]  # side -> series folder on disk
@@ -91,7 +92,7 @@ def pacs(orthanc_server: OrthancServer, tmp_path_factory: pytest.TempPathFactory
     }
     assert studies["left"] != studies["right"], "synthetic OAI keeps each knee in its own study"
     document = predict_person(folders["left"], folders["right"], bundle)
-    return Pacs(orthanc_server, bundle, subject, folders, studies, document)
+    return Pacs(orthanc_server, work, bundle, subject, folders, studies, document)
 
 
 def run_cli(*args: str, password: str | None = None) -> Any:
@@ -334,3 +335,48 @@ def test_orthanc_explorer_lists_the_kneepain_series(
         page.screenshot(path=str(tmp_path / "orthanc_study.png"))
     finally:
         context.close()
+
+
+def test_cam_dicom_out_exports_every_test_subject_of_a_run(pacs: Pacs, tmp_path: Path) -> None:
+    """A run's test subjects, each from its source series with its fold's bundle, as DICOM per subject."""
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"work": str(pacs.work), "run_id": "r1"}))
+    subjects = sorted(
+        pd.read_csv(WorkPaths(pacs.work).series_table, dtype={"subject_id": str})["subject_id"].unique()
+    )
+    predictions = pd.DataFrame(
+        {"subject_id": subjects, "fold": 0, "split": "test", "prob_right": 0.5, "label": 1}
+    )
+    predictions.to_csv(run / "predictions.csv", index=False)
+    shutil.copytree(pacs.bundle, run / "fold_00" / "bundle")
+    out = tmp_path / "dicom"
+    result = CliRunner().invoke(app, ["cam", str(run), "--dicom-out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["objects"]) == 6 * len(subjects) == len(list(out.glob("*/*.dcm")))
+    mine = [o for o in manifest["objects"] if o["subject_id"] == pacs.subject]
+    assert abs(mine[0]["prob_right_painful"] - pacs.folder_document["prob_right_painful"]) < 1e-6
+    pm = pydicom.dcmread(out / pacs.subject / "left_cam_map.dcm")
+    source_uids = {
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+        for p in pacs.folders["left"].iterdir()
+    }
+    referenced = {
+        str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+        for f in pm.PerFrameFunctionalGroupsSequence
+    }
+    assert referenced <= source_uids and len(referenced) == int(pm.NumberOfFrames)
+    # a source series gone from disk is named, and the earlier export stays whole
+    table = WorkPaths(pacs.work).series_table
+    original = table.read_text()
+    try:
+        table.write_text(original.replace(str(pacs.folders["right"]), str(tmp_path / "gone")))
+        result = CliRunner().invoke(app, ["cam", str(run), "--dicom-out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert f"subject {pacs.subject} has no readable right knee series folder" in " ".join(
+            result.output.split()
+        )
+    finally:
+        table.write_text(original)
+    assert len(list(out.glob("*/*.dcm"))) == 6 * len(subjects)

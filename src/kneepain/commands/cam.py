@@ -23,6 +23,12 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", help="torch device: cpu, cuda, or auto."),
         overlays: bool = typer.Option(True, help="Write overlays/<ID>_<side>.png figures."),
         tolerance: int = typer.Option(1, min=0, help="Pointing-game tolerance in CAM cells."),
+        dicom_out: Path | None = typer.Option(
+            None,
+            "--dicom-out",
+            help="Instead: write each test subject's CAM parametric maps, findings SR and overlays as "
+            "DICOM into this folder (from the source series; see docs/pacs.md).",
+        ),
     ) -> None:
         """Compute each test subject's CAMs with the bundle of its held-out fold; write RUN/cam/.
 
@@ -33,6 +39,12 @@ def register(app: typer.Typer) -> None:
         from kneepain.cam.compute import CamInputError
         from kneepain.cam.stage import run_cam_stage
         from kneepain.console import fail, stage
+
+        if dicom_out is not None:
+            from kneepain.export.run_export import export_dicom_cli
+
+            export_dicom_cli(run, dicom_out)
+            return
 
         if device == "auto":
             import torch

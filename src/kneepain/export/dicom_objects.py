@@ -38,8 +38,17 @@ class KneeObjects:
     report: Any
     secondary_capture: Any | None
 
+    def named(self) -> list[tuple[str, Any]]:
+        """(kind, dataset) of each object made: cam_map, findings_sr, overlay_sc."""
+        pairs = [
+            ("cam_map", self.parametric_map),
+            ("findings_sr", self.report),
+            ("overlay_sc", self.secondary_capture),
+        ]
+        return [(kind, dataset) for kind, dataset in pairs if dataset is not None]
+
     def datasets(self) -> list[Any]:
-        return [d for d in (self.parametric_map, self.report, self.secondary_capture) if d is not None]
+        return [dataset for _, dataset in self.named()]
 
 
 def _code(value: str, meaning: str) -> Any:
@@ -346,6 +355,14 @@ def _one_knee(
     evidence = [_read_header(head.files[best["series_index"]])] if best["series_index"] is not None else []
     sr = structured_report(document, maps, k, evidence or [_read_header(head.files[0])])
     sc = secondary_capture(document, maps, k) if with_overlay else None
+    source = _read_header(head.files[0])
+    for dataset in (pm, sr, sc):
+        if dataset is None:
+            continue
+        # viewers group and date series by these; the body part is the source's
+        dataset.SeriesDate, dataset.SeriesTime = dataset.ContentDate, dataset.ContentTime
+        if source.get("BodyPartExamined"):
+            dataset.BodyPartExamined = source.BodyPartExamined
     return KneeObjects(side, str(pm.StudyInstanceUID), pm, sr, sc)
 
 
@@ -375,13 +392,7 @@ def write_objects(objects: list[KneeObjects], folder: Path) -> list[Path]:
     manifest: list[dict[str, str]] = []
     with atomic_dir(folder) as tmp:
         for knee in objects:
-            for kind, dataset in (
-                ("cam_map", knee.parametric_map),
-                ("findings_sr", knee.report),
-                ("overlay_sc", knee.secondary_capture),
-            ):
-                if dataset is None:
-                    continue
+            for kind, dataset in knee.named():
                 name = f"{knee.side}_{kind}.dcm"
                 dataset.save_as(tmp / name, enforce_file_format=True)
                 written.append(name)
