@@ -256,3 +256,26 @@ def test_split_run_shows_its_own_balance_table_with_p_values_as_a_reader_expects
     split = section_html((run / "report.html").read_text(), "split-balance")
     assert "70/15/15 split" in split and "<th>Validation</th>" in split
     assert "<td>&lt;0.001</td>" in split and "1.2e-05" not in split
+
+
+def test_qc_section_shows_the_audit_against_the_pain_label(tmp_path: Path) -> None:
+    from kneepain.preprocess.qc_audit import audit_qc
+
+    run = full_run(tmp_path, synthetic=True)
+    work = tmp_path / "work"
+    build_report(run)
+    assert "QC audit against the pain label" in section_html((run / "report.html").read_text(), "qc")
+    assert "qc_audit.csv not found" in section_html((run / "report.html").read_text(), "qc")
+    ids = [f"95{i:05d}" for i in range(40)]
+    cohort = pd.DataFrame({"subject_id": ids, "label": [i % 2 for i in range(40)], "model_a": True})
+    painful = ["right" if i % 2 else "left" for i in range(40)]
+    rows = [
+        {"subject_id": s, "side": side, "auto_pass": True, "qc_pass": not (side == p and n < 12)}
+        for n, (s, p) in enumerate(zip(ids, painful, strict=True))
+        for side in ("left", "right")
+    ]
+    audit_qc(pd.DataFrame(rows), cohort).to_csv(work / "preprocess" / "qc_audit.csv", index=False)
+    build_report(run)
+    qc = section_html((run / "report.html").read_text(), "qc")
+    assert "Warning: exclusions by final decision depend on the pain label" in qc
+    assert "12/40 (30.0%)" in qc and "0/40 (0.0%)" in qc and "<td>yes</td>" in qc and "<td>∞</td>" in qc

@@ -37,6 +37,7 @@ CACHE_ARRAY = "cache.npy"
 CACHE_INDEX = "index.csv"
 CACHE_CONFIG = "config.json"
 QC_REPORT = "qc.csv"
+QC_AUDIT_TABLE = "qc_audit.csv"  # QC exclusions against the pain label
 REGISTRATION_TABLE = "registration.csv"
 PREDICTIONS_TABLE = "predictions.csv"
 RUN_INFO = "run.json"

@@ -18,10 +18,9 @@ import pandas as pd
 from scipy.stats import fisher_exact
 
 from kneepain import fileio
-from kneepain.contracts import LABEL_RIGHT_PAINFUL, QC_REPORT, WorkPaths, read_cohort
+from kneepain.contracts import LABEL_RIGHT_PAINFUL, QC_AUDIT_TABLE, QC_REPORT, WorkPaths, read_cohort
 from kneepain.preprocess.quality import FLAGS
 
-AUDIT_TABLE = "qc_audit.csv"
 AUDIT_COLUMNS = [
     "rule",
     "comparison",
@@ -134,5 +133,5 @@ def write_qc_audit(work: Path) -> pd.DataFrame:
     paths = WorkPaths(Path(work))
     qc = pd.read_csv(paths.preprocess / QC_REPORT, dtype={"subject_id": str})
     audit = audit_qc(qc, read_cohort(paths.cohort_table))
-    fileio.write_csv(paths.preprocess / AUDIT_TABLE, audit)
+    fileio.write_csv(paths.preprocess / QC_AUDIT_TABLE, audit)
     return audit

@@ -21,7 +21,14 @@ from typing import Any
 import pandas as pd
 
 from kneepain.cam.overlay import overlay_layout
-from kneepain.contracts import FUNNEL_TABLE, QC_REPORT, WorkPaths, read_run_info, run_work_folder
+from kneepain.contracts import (
+    FUNNEL_TABLE,
+    QC_AUDIT_TABLE,
+    QC_REPORT,
+    WorkPaths,
+    read_run_info,
+    run_work_folder,
+)
 from kneepain.evaluate.provenance import software_versions, synthetic_evidence
 from kneepain.evaluate.tables import comparison_rows, describe_run, fmt, fmt_auc, fmt_p, subgroup_rows
 from kneepain.fileio import write_text
@@ -320,9 +327,9 @@ def _decision(passed: Any, reason: Any) -> str:
     return "pass" if ok else f"fail: {text}" if text else "fail"
 
 
-def _show_qc(section: Section, frame: pd.DataFrame) -> None:
-    """Why knees failed QC (final decisions, counted by reason), and the manual decisions that
-    changed an automatic one, side by side; nothing twice."""
+def _show_qc(section: Section, frame: pd.DataFrame, audit_path: Path | None = None) -> None:
+    """Why knees failed QC (final decisions, counted by reason), the manual decisions that
+    changed an automatic one, side by side (nothing twice), and the audit against the pain label."""
     reasons = (
         frame["qc_reason"].fillna("").astype(str) if "qc_reason" in frame else pd.Series("", frame.index)
     )
@@ -360,6 +367,59 @@ def _show_qc(section: Section, frame: pd.DataFrame) -> None:
             )
         else:
             section.text("No manual QC decision differs from the automatic one.")
+    if audit_path is not None:
+        _show_qc_audit(section, audit_path)
+
+
+def _show_qc_audit(section: Section, audit_path: Path) -> None:
+    """The QC audit against the pain label (preprocess/qc_audit.csv): only rules that excluded
+    anyone, with a plain warning when an exclusion depends on pain."""
+    if not audit_path.exists():
+        section.text(f"No QC audit against the pain label ({audit_path} not found: preprocess predates it).")
+        return
+    audit = pd.read_csv(audit_path)
+    audit = audit[(audit["excluded_a"] + audit["excluded_b"]) > 0]
+    if audit.empty:
+        section.text("QC audit against the pain label: no knee was excluded, so no rule can depend on pain.")
+        return
+    dependent = audit["label_dependent"].astype(str).str.lower().isin(["true", "1"])
+    if dependent.any():
+        rules = ", ".join(sorted(set(audit.loc[dependent, "rule"])))
+        section.text(
+            f"Warning: exclusions by {rules} depend on the pain label; the cohort left after QC is "
+            "biased. Review these knees and re-admit the wrongly excluded ones (preprocess --qc-overrides).",
+            "verdict",
+        )
+    else:
+        section.text("No QC exclusion depends on the pain label (table below).", "verdict")
+
+    def share(excluded: int, n: int) -> str:
+        return f"{excluded}/{n} ({excluded / n:.1%})" if n else "–"
+
+    table = pd.DataFrame(
+        {
+            "Rule": audit["rule"].str.replace("_", " "),
+            "Compared": audit["comparison"],
+            "Excluded, first group": [
+                share(a, n) for a, n in zip(audit["excluded_a"], audit["n_a"], strict=True)
+            ],
+            "Excluded, second group": [
+                share(b, n) for b, n in zip(audit["excluded_b"], audit["n_b"], strict=True)
+            ],
+            "Rate ratio": ["∞" if math.isinf(r) else fmt(r, 2) for r in audit["rate_ratio"]],
+            "p": [fmt_p(v) for v in audit["p_value"]],
+            "Depends on pain": ["yes" if d else "no" for d in dependent],
+        }
+    )
+    section.table(
+        table,
+        caption="QC audit against the pain label",
+        note="First group: the painful knees, or the Model A participants with the right knee painful; "
+        "second group: the other knees, or those with the left knee painful (a participant counts as "
+        "excluded when either knee is). p: Fisher's exact test. A rule depends on pain when p < 0.05, or "
+        "when its rate ratio is beyond 1.5 either way with at least 5 exclusions. Exclusions that follow "
+        "pain remove, for example, painful knees with effusion, and leave the easy cases.",
+    )
 
 
 def _split_balance_section(run_dir: Path, evaluation: Path) -> Section:
@@ -743,7 +803,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             "Preprocessing quality control",
             WorkPaths(work).preprocess / QC_REPORT,
             "preprocess",
-            _show_qc,
+            lambda section, frame: _show_qc(section, frame, WorkPaths(work).preprocess / QC_AUDIT_TABLE),
         ),
         _image_section(
             "roc",
