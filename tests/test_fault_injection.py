@@ -144,6 +144,16 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def test_synth_killed_leaves_no_worker_and_reruns_to_the_same_files(images: Path, tmp_path: Path) -> None:
+    """synth's spawned workers end with it; the re-run writes the files of an uninterrupted run."""
+    runner = Runner()
+    args = ("synth", "--out", tmp_path / "cohort", "--subjects", 5, "--seed", 6, "--workers", 2)
+    runner.run(*args, kill_at="synth:subject:2")
+    runner.run(*args)
+    assert_same_outputs(tmp_path / "cohort", images)
+    assert_no_temporary(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def ingested(images: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """An uninterrupted ingest (the reference) and the same stage killed at every point."""

@@ -28,7 +28,7 @@ from kneepain.cam.localization import (
     truth_mask_source,
 )
 from kneepain.cam.overlay import GALLERY_DIR, write_overlays
-from kneepain.console import console, progress_counter
+from kneepain.console import console, progress_counter, safe
 from kneepain.fileio import atomic_dir, write_csv, write_json, write_text
 
 LOCALIZATION_TABLE = "localization.csv"
@@ -92,5 +92,5 @@ def run_cam_stage(
             write_csv(tmp / f"{LESION_TABLE}.csv", lesions)
             write_text(tmp / f"{LESION_TABLE}.md", markdown_table(lesions))
     if skipped:
-        console.print(f"[yellow]localization not measured: {skipped}")
+        console.print(f"[yellow]localization not measured: {safe(skipped)}")
     return summary

@@ -36,19 +36,19 @@ def is_loopback(host: str) -> bool:
 def open_store(run: Path, db: Path, must_exist: bool) -> ReviewStore:
     """The run's review store; exit 2 with one line when the run or the database is unusable."""
     from kneepain.cam.compute import CamInputError, run_identity
-    from kneepain.console import console
+    from kneepain.console import console, safe
     from kneepain.review.store import ReviewStore, ReviewStoreError
 
     if must_exist and not db.exists():
         console.print(
-            f"[red]review: {db}: review database not found; create it with "
+            f"[red]review: {safe(db)}: review database not found; create it with "
             f"`kneepain review init-study {run} --db {db}`"
         )
         raise typer.Exit(2)
     try:
         return ReviewStore(db, run_identity(run))
     except (CamInputError, ReviewStoreError) as error:
-        console.print(f"[red]review: {error}")
+        console.print(f"[red]review: {safe(error)}")
         raise typer.Exit(2) from error
 
 
@@ -76,7 +76,7 @@ def init_study(
     ),
 ) -> None:
     """Create the study's database, record its blinding protocol, and print the admin secret once."""
-    from kneepain.console import console
+    from kneepain.console import console, safe
     from kneepain.review.store import ADMIN, InvalidReviewError, Protocol, ReviewStoreError
 
     protocol = Protocol(prediction.replace("-", "_"), "after_label" if blind_pain_side else "shown")
@@ -85,16 +85,16 @@ def init_study(
         store.set_protocol(protocol)
         if store.has_admin() and not reset_admin:
             console.print(
-                f"review: {db}: protocol {protocol.prediction} / pain side {protocol.pain_side}; the admin "
-                "secret was printed when the study was created (--reset-admin issues a new one)"
+                f"review: {safe(db)}: protocol {protocol.prediction} / pain side {protocol.pain_side}; "
+                "the admin secret was printed when the study was created (--reset-admin issues a new one)"
             )
             return
         token = store.add_account(ADMIN, "admin", replace=reset_admin)
     except (InvalidReviewError, ReviewStoreError) as error:
-        console.print(f"[red]review init-study: {error}")
+        console.print(f"[red]review init-study: {safe(error)}")
         raise typer.Exit(2) from error
     console.print(
-        f"review: study in {db}: prediction shown {protocol.prediction.replace('_', ' ')}, "
+        f"review: study in {safe(db)}: prediction shown {protocol.prediction.replace('_', ' ')}, "
         f"pain side {protocol.pain_side.replace('_', ' ')}"
     )
     print_secret("admin", ADMIN, token)
@@ -108,7 +108,7 @@ def add_reviewer(
     reset: bool = typer.Option(False, "--reset", help="Issue a new secret for an existing reviewer."),
 ) -> None:
     """Add a reviewer and print their secret once (the first call also creates the study and its admin)."""
-    from kneepain.console import console
+    from kneepain.console import console, safe
     from kneepain.review.store import ADMIN, InvalidReviewError, ReviewStoreError
 
     store = open_store(run, db, must_exist=False)
@@ -116,12 +116,12 @@ def add_reviewer(
         admin = None if store.has_admin() else store.add_account(ADMIN, "admin")
         token = store.add_account(name, "reviewer", replace=reset)
     except (InvalidReviewError, ReviewStoreError) as error:
-        console.print(f"[red]review add-reviewer: {error}")
+        console.print(f"[red]review add-reviewer: {safe(error)}")
         raise typer.Exit(2) from error
     if admin is not None:
         protocol = store.protocol()
         console.print(
-            f"review: new study in {db} with the default protocol (prediction shown "
+            f"review: new study in {safe(db)} with the default protocol (prediction shown "
             f"{protocol.prediction.replace('_', ' ')}, pain side {protocol.pain_side}); its admin secret:"
         )
         print_secret("admin", ADMIN, admin)
@@ -147,7 +147,7 @@ def serve(
     import uvicorn
 
     from kneepain.cam.compute import CamInputError
-    from kneepain.console import console
+    from kneepain.console import console, safe
     from kneepain.review.app import create_app
     from kneepain.review.store import ReviewStoreError
 
@@ -156,7 +156,7 @@ def serve(
         raise typer.Exit(2)
     for path in (ssl_certfile, ssl_keyfile):
         if path is not None and not path.is_file():
-            console.print(f"[red]review: {path}: TLS file not found")
+            console.print(f"[red]review: {safe(path)}: TLS file not found")
             raise typer.Exit(2)
     tls = ssl_certfile is not None
     if not is_loopback(host) and not tls and not insecure:
@@ -168,18 +168,20 @@ def serve(
     store = open_store(run, db, must_exist=True)
     reviewers = store.reviewer_names()
     if not reviewers:
-        console.print(f"[red]review: {db}: no reviewers yet; add them with `kneepain review add-reviewer`")
+        console.print(
+            f"[red]review: {safe(db)}: no reviewers yet; add them with `kneepain review add-reviewer`"
+        )
         raise typer.Exit(2)
     try:
         hosts = ["127.0.0.1", "localhost", "[::1]", "::1", host] if is_loopback(host) else None
         app = create_app(run, db, allowed_hosts=hosts, max_body=max_body)
     except (CamInputError, ReviewStoreError) as error:
-        console.print(f"[red]review: {error}")
+        console.print(f"[red]review: {safe(error)}")
         raise typer.Exit(2) from error
     protocol = app.state.context.protocol
     shown = f"[{host}]" if ":" in host else host
     console.print(
-        f"review: {len(app.state.context.case_ids)} cases, {len(reviewers)} reviewers, labels in {db}; "
+        f"review: {len(app.state.context.case_ids)} cases, {len(reviewers)} reviewers, labels in {safe(db)}; "
         f"prediction shown {protocol.prediction.replace('_', ' ')}, "
         f"pain side {protocol.pain_side.replace('_', ' ')}"
     )
@@ -202,18 +204,18 @@ def export(
 ) -> None:
     """Write lesion_table.csv|md (Figure 3I), blinding.csv, agreement.csv (kappa from blind labels)."""
     from kneepain.cam.compute import CamInputError
-    from kneepain.console import console, stage
+    from kneepain.console import console, safe, stage
     from kneepain.review.export import export_reviews
     from kneepain.review.store import ReviewStoreError
 
     if not db.exists():
-        console.print(f"[red]review export: {db}: review database not found")
+        console.print(f"[red]review export: {safe(db)}: review database not found")
         raise typer.Exit(2)
     with stage("review export") as info:
         try:
             written = export_reviews(run, db, out)
         except (CamInputError, ReviewStoreError) as error:
-            console.print(f"[red]review export: {error}")
+            console.print(f"[red]review export: {safe(error)}")
             raise typer.Exit(2) from error
         info["files"] = len(written)
         info["folder"] = written[0].parent

@@ -22,7 +22,7 @@ import pandas as pd
 
 from kneepain import __version__
 from kneepain.console import progress, stage
-from kneepain.fileio import atomic_dir, write_csv, write_json, write_text
+from kneepain.fileio import atomic_dir, remove_stale_temporaries, write_csv, write_json, write_text
 from kneepain.synth import acquisition as acq
 from kneepain.synth import difficulty
 from kneepain.synth.anatomy import KneeAnatomy
@@ -41,6 +41,7 @@ from kneepain.synth.population import (
 )
 from kneepain.synth.render import render_coronal, render_knee
 from kneepain.synth.truth_writer import write_mask_npz
+from kneepain.workers import die_with_parent, kill_point
 
 VISIT = "00m"
 INDEX_FILE = "contents.csv"
@@ -178,9 +179,12 @@ def _sagittal_info(
     )
 
 
-def _single_threaded() -> None:
-    """Pool workers already use every core between them; OpenCV's own threads would oversubscribe."""
+def _single_threaded(parent: int) -> None:
+    """Pool worker set-up: end with the parent process (a killed synth leaves no orphans), and one
+    OpenCV thread (the workers already use every core between them)."""
     import cv2
+
+    die_with_parent(parent)
 
     cv2.setNumThreads(1)
 
@@ -241,6 +245,8 @@ def generate_cohort(
     _check_output(out)
     workers = max(1, min(workers or os.cpu_count() or 1, subjects))
     ids = subject_ids(seed, subjects)
+    # A killed earlier synth of the same folder left its half-written temporary beside it.
+    remove_stale_temporaries(Path(out).parent, names={Path(out).name})
     with stage("synth") as info, atomic_dir(out) as tmp:
         tasks = [(seed, i, ids[i], subjects, proportions, str(tmp)) for i in range(subjects)]
         index_rows: list[list[str]] = []
@@ -255,7 +261,10 @@ def generate_cohort(
             # "spawn", not "fork": forking a process that already runs library threads (OpenCV,
             # SimpleITK in a test session) can deadlock the children.
             executor = ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn"), initializer=_single_threaded
+                workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_single_threaded,
+                initargs=(os.getpid(),),
             )
             results = executor.map(synthesize_subject, tasks, chunksize=1)
         try:
@@ -267,6 +276,7 @@ def generate_cohort(
                 people.append(result.person)
                 if row["label"] is not None and len(result.means) == 2:
                     shortcut.append((int(row["label"]), result.means["right"], result.means["left"]))
+                kill_point("synth:subject")
         finally:
             if executor is not None:
                 executor.shutdown()
