@@ -237,8 +237,8 @@ def case_image(panels: list[CasePanel], columns: int = 2) -> tuple[np.ndarray, f
         top, left = CASE_GAP + (i // columns) * cell_h, CASE_GAP + (i % columns) * cell_w
         for line, text in enumerate(panel.title):
             weight = 2 if line == 0 else 1
-            width = cv2.getTextSize(text, font, 1.0, weight)[0][0]
-            size = min(TITLE_SCALE, CASE_PANEL / max(width, 1))  # as large as fits the panel's width
+            text_width = cv2.getTextSize(text, font, 1.0, weight)[0][0]
+            size = min(TITLE_SCALE, CASE_PANEL / max(text_width, 1))  # as large as fits the panel's width
             cv2.putText(
                 canvas, text, (left, top + 24 + 30 * line), font, size, (0, 0, 0), weight, cv2.LINE_AA
             )
