@@ -23,8 +23,12 @@ from kneepain.predict.checks import SAGITTAL_MIN_NORMAL_X, PredictInputError, he
 
 DEFAULT_TIMEOUT_S = 30.0
 ATTEMPTS = 2  # each DICOMweb request
+_NOT_IMAGES = {"SR", "KO", "PR", "SEG", "RTSTRUCT", "REG", "DOC"}
+OWN_SERIES_PREFIX = "kneepain "  # the SeriesDescription of every object kneepain.export makes
 _BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}  # pixel data and the like: not needed here
-_SERIES_FIELDS = ["SeriesDescription", "Modality", "SeriesNumber", "StudyDate"]
+# QIDO-RS returns SeriesDescription and Modality by default; asking for tags outside a server's index
+# (Orthanc: StudyDate at series level) makes it open stored files, ours included
+_SERIES_FIELDS = ["SeriesDescription", "Modality", "SeriesNumber"]
 
 
 class DicomWebError(PredictInputError):
@@ -180,6 +184,13 @@ def _candidate(client: Any, study_uid: str, series: dict[str, Any]) -> _Candidat
     )
 
 
+def _not_a_knee_image(series: dict[str, Any]) -> bool:
+    """A series that holds no image (reports, states, segmentations) or is kneepain's own output."""
+    modality = str(_value(series, "00080060") or "")
+    description = str(_value(series, "0008103E") or "")
+    return modality in _NOT_IMAGES or description.startswith(OWN_SERIES_PREFIX)
+
+
 def find_knee_series(client: Any, studies: Sequence[str], patient: str | None) -> dict[str, KneeSeries]:
     """The sagittal left and right knee series in the given studies (or all of ``patient``'s).
 
@@ -192,6 +203,8 @@ def find_knee_series(client: Any, studies: Sequence[str], patient: str | None) -
         with talking_to(client, f"searching the series of study {study_uid}"):
             series_list = client.search_for_series(study_uid, fields=_SERIES_FIELDS)
         for series in series_list:
+            if _not_a_knee_image(series):
+                continue
             candidate = _candidate(client, study_uid, series)
             if candidate is not None:
                 candidates.append(candidate)
