@@ -215,6 +215,10 @@ def test_cv_under_torchrun_writes_one_run_from_rank_zero(work: Path, tmp_path: P
     assert set(predictions["subject_id"]) == {s for fold in folds for s in fold}
     assert all((run / f"fold_{k:02d}" / "bundle" / "model.json").exists() for k in range(2))
     assert completed.stderr.count("cv: run") == 1  # rank 1 stays quiet
+    # Not a terminal: one plain line per fold and epoch, no per-batch lines, no blank lines.
+    epoch_lines = [line for line in completed.stderr.splitlines() if " epoch " in line]
+    assert len(epoch_lines) == 2 and all(line.endswith(" batches") for line in epoch_lines), epoch_lines
+    assert "\n\n" not in completed.stderr
 
 
 # -- folds and splits ---------------------------------------------------------------------------

@@ -367,11 +367,22 @@ def _make_optimizer(module: nn.Module, config: TrainConfig) -> torch.optim.Optim
 
 
 def _epoch_bar(batches: Iterator, total: int, label: str, show: bool) -> Iterator:
+    """A batch bar on a terminal; in a log, one plain line at the end of each epoch (not ten)."""
     if not show:
         return batches
-    from kneepain.console import progress
+    from kneepain.console import console, progress, safe
 
-    return progress(batches, label, total=total)
+    if console.is_terminal:
+        return progress(batches, label, total=total)
+
+    def counted() -> Iterator:
+        done = 0
+        for batch in batches:
+            yield batch
+            done += 1
+        console.print(f"{safe(label)}: {done}/{total} batches")
+
+    return counted()
 
 
 def fit(
