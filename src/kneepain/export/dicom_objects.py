@@ -171,6 +171,7 @@ def parametric_map(document: dict[str, Any], maps: dict[str, Any], k: int) -> An
 def structured_report(document: dict[str, Any], maps: dict[str, Any], k: int, evidence: list[Any]) -> Any:
     """TID 1500 report of knee ``k``: P(painful), bundle, highest-CAM slice, hot spot point, disclaimer."""
     import highdicom as hd
+    from pydicom import Dataset
     from pydicom.sr.codedict import codes
 
     side = KNEES[k]
@@ -264,6 +265,11 @@ def structured_report(document: dict[str, Any], maps: dict[str, Any], k: int, ev
         is_complete=True,
     )
     sr.SeriesDescription = f"kneepain findings {side} knee (research)"
+    scheme = Dataset()  # declares the private coding scheme of the kneepain concepts (PS3.3 C.12.1)
+    scheme.CodingSchemeDesignator = SCHEME
+    scheme.CodingSchemeName = "kneepain research concepts"
+    scheme.CodingSchemeResponsibleOrganization = "kneepain project"
+    sr.CodingSchemeIdentificationSequence = [scheme]
     return sr
 
 
@@ -361,7 +367,7 @@ def _one_knee(
             continue
         # viewers group and date series by these; the body part is the source's
         dataset.SeriesDate, dataset.SeriesTime = dataset.ContentDate, dataset.ContentTime
-        if source.get("BodyPartExamined"):
+        if source.get("BodyPartExamined") and dataset is not sr:  # the SR Document Series has none
             dataset.BodyPartExamined = source.BodyPartExamined
     return KneeObjects(side, str(pm.StudyInstanceUID), pm, sr, sc)
 
