@@ -279,3 +279,21 @@ def test_qc_section_shows_the_audit_against_the_pain_label(tmp_path: Path) -> No
     qc = section_html((run / "report.html").read_text(), "qc")
     assert "Warning: exclusions by final decision depend on the pain label" in qc
     assert "12/40 (30.0%)" in qc and "0/40 (0.0%)" in qc and "<td>yes</td>" in qc and "<td>∞</td>" in qc
+
+
+def test_cam_verdict_says_beyond_chance_only_when_the_paired_test_says_so() -> None:
+    from kneepain.report.html import _verdict
+
+    summary = {
+        "pointing_hit_rate_correct_constant": 0.83,
+        "pointing_hit_rate_correct": 0.24,
+        "pointing_hit_rate_correct_ours": 0.77,
+        "pointing_hit_rate_correct_prior": 0.87,
+        "prior_vs_constant_correct": {"p_value": 0.454},
+        "ours_vs_constant_correct": {"p_value": 0.238},
+    }
+    assert "not beyond chance: ours + prior 87.0% (p 0.454)" in _verdict(summary)
+    summary["prior_vs_constant_correct"] = {"p_value": 0.0003}
+    assert _verdict(summary).startswith("Beats the CAM-free fixed point (83.0%) beyond chance: ours + prior")
+    summary["pointing_hit_rate_correct_prior"] = 0.5
+    assert _verdict(summary).startswith("On this run no CAM rule beats the CAM-free fixed point")

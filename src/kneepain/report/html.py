@@ -391,7 +391,7 @@ def _show_qc_audit(section: Section, audit_path: Path) -> None:
             "verdict",
         )
     else:
-        section.text("No QC exclusion depends on the pain label (table below).", "verdict")
+        section.text("No QC exclusion depends on the pain label (table below).")
 
     def share(excluded: int, n: int) -> str:
         return f"{excluded}/{n} ({excluded / n:.1%})" if n else "–"
@@ -722,7 +722,20 @@ def _verdict(summary: dict[str, Any]) -> str:
             f"On this run no CAM rule beats the CAM-free fixed point ({_pct(point)}): {listed}. "
             "The hot spots here say no more about where the lesion is than one fixed place does."
         )
-    return f"Above the CAM-free fixed point ({_pct(point)}): {', '.join(better)} (see p for chance)."
+    tests = {"ours": "ours_vs_constant_correct", "ours + prior": "prior_vs_constant_correct"}
+    p_values = {name: (summary.get(key) or {}).get("p_value") for name, key in tests.items()}
+    significant = [name for name in better if p_values.get(name) is not None and p_values[name] < 0.05]
+    listed = ", ".join(
+        f"{name} {_pct(rules[name])}"
+        + (f" (p {fmt_p(p_values[name])})" if p_values.get(name) is not None else "")
+        for name in better
+    )
+    if significant:
+        return f"Beats the CAM-free fixed point ({_pct(point)}) beyond chance: {listed}."
+    return (
+        f"Above the CAM-free fixed point ({_pct(point)}) but not beyond chance: {listed}. "
+        "On this run the hot spots are not shown to find lesions better than one fixed place."
+    )
 
 
 # --- configuration --------------------------------------------------------------------------------
