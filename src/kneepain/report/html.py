@@ -393,32 +393,35 @@ def _show_qc_audit(section: Section, audit_path: Path) -> None:
     else:
         section.text("No QC exclusion depends on the pain label (table below).")
 
-    def share(excluded: int, n: int) -> str:
-        return f"{excluded}/{n} ({excluded / n:.1%})" if n else "–"
-
-    table = pd.DataFrame(
-        {
-            "Rule": audit["rule"].str.replace("_", " "),
-            "Compared": audit["comparison"],
-            "Excluded, first group": [
-                share(a, n) for a, n in zip(audit["excluded_a"], audit["n_a"], strict=True)
-            ],
-            "Excluded, second group": [
-                share(b, n) for b, n in zip(audit["excluded_b"], audit["n_b"], strict=True)
-            ],
-            "Rate ratio": ["∞" if math.isinf(r) else fmt(r, 2) for r in audit["rate_ratio"]],
-            "p": [fmt_p(v) for v in audit["p_value"]],
-            "Depends on pain": ["yes" if d else "no" for d in dependent],
-        }
-    )
-    section.table(
-        table,
-        caption="QC audit against the pain label",
-        note="First group: the painful knees, or the Model A participants with the right knee painful; "
-        "second group: the other knees, or those with the left knee painful (a participant counts as "
-        "excluded when either knee is). p: Fisher's exact test. A rule depends on pain when p < 0.05, or "
+    groups = {
+        "painful vs other knee": ("Painful knees", "Other knees", "Knees: painful vs the other knee"),
+        "Model A label 1 vs 0": ("Right painful", "Left painful", "Model A participants: by painful side"),
+    }
+    for comparison, (first, second, caption) in groups.items():
+        rows = audit[audit["comparison"] == comparison]
+        if rows.empty:
+            continue
+        table = pd.DataFrame(
+            {
+                "Rule": rows["rule"].str.replace("_", " "),
+                f"{first} excluded": [
+                    f"{a}/{n}" for a, n in zip(rows["excluded_a"], rows["n_a"], strict=True)
+                ],
+                f"{second} excluded": [
+                    f"{b}/{n}" for b, n in zip(rows["excluded_b"], rows["n_b"], strict=True)
+                ],
+                "Rate ratio": ["∞" if math.isinf(r) else fmt(r, 2) for r in rows["rate_ratio"]],
+                "p": [fmt_p(v) for v in rows["p_value"]],
+                "Depends on pain": ["yes" if d else "no" for d in dependent[rows.index]],
+            }
+        )
+        section.table(table, caption=f"QC audit against the pain label. {caption}")
+    section.text(
+        "Rate ratio: first group's exclusion rate over the second's. For participants, one counts as "
+        "excluded when either knee is. p: Fisher's exact test. A rule depends on pain when p < 0.05, or "
         "when its rate ratio is beyond 1.5 either way with at least 5 exclusions. Exclusions that follow "
         "pain remove, for example, painful knees with effusion, and leave the easy cases.",
+        "note",
     )
 
 
