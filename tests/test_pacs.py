@@ -32,6 +32,7 @@ from kneepain.predict import predict_person
 from kneepain.predict.geometry import CropGrid, SliceGeometry, cache_to_patient, stored_pixel_to_patient
 from kneepain.preprocess.registration import Pose
 from pacs_fixtures import OrthancServer, orthanc_server, upload_folders
+from test_predict import write_bundle
 
 __all__ = ["orthanc_server"]  # the fixture, imported for pytest
 
@@ -58,7 +59,6 @@ def pacs(orthanc_server: OrthancServer, tmp_path_factory: pytest.TempPathFactory
     from kneepain.model import build_model
     from kneepain.preprocess import run_preprocess
     from kneepain.synth.cohort import generate_cohort
-    from kneepain.train.cv import bundle_templates, cache_fingerprint, write_fold_bundle
     from kneepain.train.loop import preset
 
     root = tmp_path_factory.mktemp("pacs")
@@ -66,20 +66,8 @@ def pacs(orthanc_server: OrthancServer, tmp_path_factory: pytest.TempPathFactory
     work = root / "work"
     run_ingest(root / "cohort" / "images", root / "cohort" / "clinical", work, workers=1)
     run_preprocess(work, workers=1)
-    arch, train = preset("tiny")
     torch.manual_seed(0)
-    fingerprint = cache_fingerprint(work)
-    bundle = write_fold_bundle(
-        build_model(arch).eval(),
-        root / "bundle",
-        fingerprint=fingerprint,
-        templates=bundle_templates(work, fingerprint),
-        training=train.to_json(),
-        cohort_model="A",
-        fold=0,
-        summary={},
-        test_loss=0.0,
-    )
+    bundle = write_bundle(build_model(preset("tiny")[0]).eval(), work, root / "bundle")
     series = pd.read_csv(WorkPaths(work).series_table, dtype={"subject_id": str})
     subject = str(series["subject_id"].iloc[0])
     rows = series[series["subject_id"] == subject].set_index("side")

@@ -62,12 +62,29 @@ class Cohort:
         return next(s for s in self.index["subject_id"] if s != self.subject)
 
 
+def write_bundle(model: torch.nn.Module, work: Path, target: Path, training: dict | None = None) -> Path:
+    """``model`` (trained or not) as fold 0's bundle of ``work``'s cache, as the cv stage writes it."""
+    from kneepain.train.cv import bundle_templates, cache_fingerprint, write_fold_bundle
+
+    fingerprint = cache_fingerprint(work)
+    return write_fold_bundle(
+        model,
+        target,
+        fingerprint=fingerprint,
+        templates=bundle_templates(work, fingerprint),
+        training=training if training is not None else preset("tiny")[1].to_json(),
+        cohort_model="A",
+        fold=0,
+        summary={},
+        test_loss=0.0,
+    )
+
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
     from kneepain.ingest.pipeline import run_ingest
     from kneepain.preprocess import run_preprocess
     from kneepain.synth.cohort import generate_cohort
-    from kneepain.train.cv import bundle_templates, cache_fingerprint, write_fold_bundle
 
     root = tmp_path_factory.mktemp("predict")
     generate_cohort(root / "cohort", SUBJECTS, seed=SEED, workers=1)
@@ -78,20 +95,8 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
     series = pd.read_csv(WorkPaths(work).series_table, dtype={"subject_id": str})
     passed = index.loc[index["qc_pass"].astype(bool), "subject_id"].tolist()
     assert passed, f"no synthetic participant passed QC: {index.to_dict('records')}"
-    arch, train = preset("tiny")
     torch.manual_seed(0)
-    fingerprint = cache_fingerprint(work)
-    bundle = write_fold_bundle(
-        build_model(arch).eval(),
-        root / "bundle",
-        fingerprint=fingerprint,
-        templates=bundle_templates(work, fingerprint),
-        training=train.to_json(),
-        cohort_model="A",
-        fold=0,
-        summary={},
-        test_loss=0.0,
-    )
+    bundle = write_bundle(build_model(preset("tiny")[0]).eval(), work, root / "bundle")
     return Cohort(root, work, root / "cohort" / "truth", bundle, series, index, passed[0])
 
 
@@ -200,23 +205,11 @@ def test_an_ensemble_bundle_predicts_its_members_mean(cohort: Cohort, tmp_path: 
     from dataclasses import replace
 
     from kneepain.model.siamese import ModelConfig
-    from kneepain.train.cv import bundle_templates, cache_fingerprint, write_fold_bundle
 
     arch, train = preset("tiny", {"mode": "paper", "members": 2})
     torch.manual_seed(1)
     ensemble = build_model(arch).eval()
-    fingerprint = cache_fingerprint(cohort.work)
-    bundle = write_fold_bundle(
-        ensemble,
-        tmp_path / "bundle",
-        fingerprint=fingerprint,
-        templates=bundle_templates(cohort.work, fingerprint),
-        training=train.to_json(),
-        cohort_model="A",
-        fold=0,
-        summary={},
-        test_loss=0.0,
-    )
+    bundle = write_bundle(ensemble, cohort.work, tmp_path / "bundle", train.to_json())
     left, right = cohort.folder(cohort.subject, "left"), cohort.folder(cohort.subject, "right")
     document = predict_person(left, right, bundle, tmp_path / "out")
     row = int(cohort.index.loc[cohort.index["subject_id"] == cohort.subject, "row"].iloc[0])
