@@ -398,6 +398,14 @@ def test_cli_cv_and_its_error_message(work: Path, tmp_path: Path) -> None:
     split = runner.invoke(app, ["split", str(work), "--run", "rv"])
     assert split.exit_code == 0, split.output
     assert (work / "runs" / "rv" / "split_balance.csv").exists()
+    # A split run predicts its test part only; evaluate takes that part as the run's cohort.
+    trained = runner.invoke(app, ["train", str(work), "--run", "rv", "--preset", "tiny", "--epochs", "1"])
+    assert trained.exit_code == 0, trained.output
+    evaluated = runner.invoke(app, ["evaluate", str(work / "runs" / "rv"), "--bootstrap", "20"])
+    assert evaluated.exit_code == 0, evaluated.output
+    metrics = json.loads((work / "runs" / "rv" / "evaluation" / "metrics.json").read_text())
+    test_part = json.loads((work / "runs" / "rv" / "split.json").read_text())["test"]
+    assert metrics["n"] == len(test_part) and metrics["excluded"] == []
 
 
 def test_selection_on_auc_prefers_ranking_over_calibration() -> None:

@@ -42,6 +42,7 @@ REGISTRATION_TABLE = "registration.csv"
 PREDICTIONS_TABLE = "predictions.csv"
 RUN_INFO = "run.json"
 FOLDS_FILE = "folds.json"
+SPLIT_FILE = "split.json"  # a split run's train / validation / test subject ids
 BUNDLE_WEIGHTS = "model.safetensors"
 BUNDLE_META = "model.json"
 

@@ -7,6 +7,7 @@ it with a message naming the file and the subjects.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pandas as pd
 
 from kneepain.contracts import (
     CACHE_INDEX,
+    SPLIT_FILE,
     RunFolderError,
     WorkPaths,
     name_subjects,
@@ -57,6 +59,19 @@ def _qc_failures(work: Path) -> pd.DataFrame:
     index = read_cache_index(path)
     failed = index[~truthy(index["qc_pass"])]
     return pd.DataFrame({"subject_id": failed["subject_id"], "reason": "failed QC: " + failed["qc_reason"]})
+
+
+def _split_test_part(path: Path) -> set[str]:
+    """The test subject ids of a split run's split.json."""
+    try:
+        split = json.loads(path.read_text(encoding="utf-8"))
+        return {str(subject) for subject in split["test"]}
+    except FileNotFoundError as error:
+        raise EvaluationInputError(
+            f"{path}: split file not found (run.json says this is a split run)"
+        ) from error
+    except (ValueError, KeyError, TypeError) as error:
+        raise EvaluationInputError(f"{path}: not a split file with a 'test' list ({error})") from error
 
 
 def load_run(run_dir: str | Path, allow_missing: bool = False) -> RunData:
@@ -110,6 +125,8 @@ def load_run(run_dir: str | Path, allow_missing: bool = False) -> RunData:
     model = str(info.get("model", "")).upper()
     if model in ("A", "B"):
         members = set(cohort.loc[truthy(cohort[f"model_{model.lower()}"]), "subject_id"])
+        if info.get("kind") == "split":  # a split run predicts its test part only: that is its cohort
+            members &= _split_test_part(run_dir / SPLIT_FILE)
         absent = members - set(all_rows["subject_id"])
         qc = _qc_failures(work)
         excused = qc[qc["subject_id"].isin(absent)]

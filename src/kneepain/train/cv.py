@@ -26,6 +26,7 @@ from kneepain.contracts import (
     FOLDS_FILE,
     PREDICTION_COLUMNS,
     PREDICTIONS_TABLE,
+    SPLIT_FILE,
     WorkPaths,
     open_cache,
     training_table,
@@ -57,7 +58,6 @@ from kneepain.train.recipe import Part, remove_checkpoints, train_model
 from kneepain.workers import kill_point
 
 RUN_INFO = "run.json"
-SPLIT_FILE = "split.json"
 BALANCE_TABLE = "split_balance.csv"
 INFORMATIVE_CACHE_KEYS = ("package_version", "subjects")
 
