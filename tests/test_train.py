@@ -435,11 +435,23 @@ def test_selecting_the_last_epoch_ignores_the_validation_score() -> None:
     assert selection_score("last", 0.9, 0.4, epoch=5) < selection_score("last", 0.2, 0.99, epoch=4)
 
 
-def test_cv_selecting_on_auc_records_it(work: Path, tmp_path: Path) -> None:
-    model_config, train_config = _tiny(epochs=2, select_on="auc")
-    run_cv(work, "by_auc", folds=2, config=(model_config, train_config), show_progress=False)
-    info = json.loads((work / "runs" / "by_auc" / "run.json").read_text())
-    assert info["training"]["select_on"] == "auc"
+def test_cv_selecting_on_auc_keeps_the_epoch_the_auc_rule_picks(work: Path, tmp_path: Path) -> None:
+    """The kept epoch is the one the validation-AUC rule picks from the fold's own metrics log, and
+    on this toy run that is not always the epoch the loss rule would keep (so the option is used)."""
+    model_config, train_config = _tiny(epochs=3, select_on="auc", patience=0)
+    run = run_cv(work, "by_auc", folds=2, config=(model_config, train_config), show_progress=False)
+    assert json.loads((run / "run.json").read_text())["training"]["select_on"] == "auc"
+    loss_picks_differ = False
+    for fold in ("fold_00", "fold_01"):
+        epochs = [json.loads(line) for line in (run / fold / "metrics.jsonl").read_text().splitlines()]
+        picks = {}
+        for rule in ("auc", "loss"):
+            scores = [selection_score(rule, e["val_loss"], e["val_auc"]) for e in epochs]
+            picks[rule] = epochs[scores.index(min(scores))]["epoch"]
+        kept = json.loads((run / fold / "bundle" / "model.json").read_text())["summary"]["best_epoch"]
+        assert kept == picks["auc"], (fold, kept, epochs)
+        loss_picks_differ |= picks["loss"] != picks["auc"]
+    assert loss_picks_differ, "the loss rule picks the same epochs here: this run cannot tell the rules apart"
 
 
 def test_vgg16_gap_branch_learns_the_toy_task(tmp_path: Path) -> None:
