@@ -43,6 +43,10 @@ def test_fast_demo_runs_every_stage_and_reports_honestly(fast_demo) -> None:
     ]
     assert numbers["n"] == len(kept) > 0
     assert abs(numbers["auc"] - roc_auc_score(kept["label"], kept["prob_right"])) < 1e-9
+    bundle_meta = json.loads(
+        (out / "work" / "runs" / "demo" / "fold_00" / "bundle" / "model.json").read_text()
+    )
+    assert bundle_meta["acquisition"]["slice_thickness_mm"] > 0  # for predict's protocol check
     low, high = numbers["auc_ci_delong"]
     assert low <= numbers["auc"] <= high
     assert 0.5 < numbers["oracle_auc"] <= 1.0

@@ -62,7 +62,13 @@ class Cohort:
         return next(s for s in self.index["subject_id"] if s != self.subject)
 
 
-def write_bundle(model: torch.nn.Module, work: Path, target: Path, training: dict | None = None) -> Path:
+def write_bundle(
+    model: torch.nn.Module,
+    work: Path,
+    target: Path,
+    training: dict | None = None,
+    acquisition: dict | None = None,
+) -> Path:
     """``model`` (trained or not) as fold 0's bundle of ``work``'s cache, as the cv stage writes it."""
     from kneepain.train.cv import bundle_templates, cache_fingerprint, write_fold_bundle
 
@@ -77,6 +83,7 @@ def write_bundle(model: torch.nn.Module, work: Path, target: Path, training: dic
         fold=0,
         summary={},
         test_loss=0.0,
+        acquisition=acquisition,
     )
 
 
@@ -456,3 +463,30 @@ def test_bundle_templates_are_checked_on_save_and_load(cohort: Cohort, tmp_path:
     assert not (tmp_path / "b").exists()
     unregistered = {**meta, "preprocessing": {**meta["preprocessing"], "register": False}}
     assert load_bundle_templates(save_bundle(model, unregistered, tmp_path / "c")) is None
+
+
+def test_a_series_of_another_protocol_is_named_in_the_warnings(cohort: Cohort, tmp_path: Path) -> None:
+    """The bundle records the training cohort's acquisition; a series whose slices are twice as
+    close (a 23-slice window half as wide) or whose pixels are coarser is warned about."""
+    from kneepain.protocol import summarize_acquisition
+
+    own = summarize_acquisition(cohort.series, cohort.index["subject_id"])
+    assert own is not None and own["series"] == len(cohort.series)
+    left, right = cohort.folder(cohort.subject, "left"), cohort.folder(cohort.subject, "right")
+    torch.manual_seed(0)
+    model = build_model(preset("tiny")[0]).eval()
+    same = write_bundle(model, cohort.work, tmp_path / "same", acquisition=own)
+    assert not [w for w in predict_person(left, right, same, tmp_path / "a")["warnings"] if "trained on" in w]
+    thin = {
+        **own,
+        "slice_thickness_mm": own["slice_thickness_mm"] * 2,
+        "pixel_spacing_mm": own["pixel_spacing_mm"] / 2,
+    }
+    other = write_bundle(model, cohort.work, tmp_path / "other", acquisition=thin)
+    warnings = predict_person(left, right, other, tmp_path / "b")["warnings"]
+    window = 23 * own["slice_thickness_mm"]
+    assert any(
+        w.startswith("left knee: slices") and f"covers {window:.1f} mm instead of {2 * window:.1f} mm" in w
+        for w in warnings
+    ), warnings
+    assert any(w.startswith("right knee: pixels") for w in warnings), warnings

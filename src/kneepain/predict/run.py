@@ -22,6 +22,7 @@ from kneepain import __version__
 from kneepain.contracts import BUNDLE_META, BUNDLE_WEIGHTS, KNEES
 from kneepain.predict.checks import PredictInputError, SeriesHeaders, check_pair, read_series_headers
 from kneepain.predict.network import PRECISIONS
+from kneepain.protocol import protocol_warnings, slice_spacing_mm
 
 PREDICTION_FILE = "prediction.json"
 SUMMARY_FILE = "summary.txt"
@@ -262,7 +263,12 @@ def predict_person(
     loaded = load_predict_bundle(bundle_dir)
     config = loaded.config
     lap("load_bundle")
-    headers, volumes, warnings = _read_pair(left_dir, right_dir, 2 * config.half_slices + 1)
+    window = 2 * config.half_slices + 1
+    headers, volumes, warnings = _read_pair(left_dir, right_dir, window)
+    trained = loaded.meta.get("acquisition")  # absent in bundles made before the protocol check
+    for side, head in zip(KNEES, headers, strict=True):
+        spacing = slice_spacing_mm(head.positions, head.normal)
+        warnings += protocol_warnings(trained, side, spacing, head.spacing_rc_mm[0], window)
     lap("read")
     results = [preprocess_volume(volume, config, loaded.templates) for volume in volumes]
     pixels = np.stack([r.pixels for r in results])

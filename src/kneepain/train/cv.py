@@ -34,6 +34,7 @@ from kneepain.contracts import (
 from kneepain.fileio import remove_stale_temporaries, write_csv, write_json
 from kneepain.model.bundle import read_bundle_meta, save_bundle
 from kneepain.model.siamese import ModelConfig, build_model
+from kneepain.protocol import summarize_acquisition
 from kneepain.train.data import CacheBatches
 from kneepain.train.folds import (
     SplitError,
@@ -101,6 +102,14 @@ def training_table_hash(table: pd.DataFrame) -> str:
     """Hash of who is trained on, with which cache row and label: a resumed run must see the same."""
     rows = table[["subject_id", "row", "label"]].astype(str).values.tolist()
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def training_acquisition(work: Path, table: pd.DataFrame) -> dict[str, Any] | None:
+    """The acquisition (slice thickness, pixel spacing) of the series of the subjects in ``table``."""
+    path = WorkPaths(work).series_table
+    if not path.exists():
+        return None
+    return summarize_acquisition(pd.read_csv(path, dtype={"subject_id": str}), table["subject_id"])
 
 
 def load_inputs(work: Path, model: str) -> tuple[pd.DataFrame, np.ndarray, dict[str, Any]]:
@@ -196,10 +205,13 @@ def write_fold_bundle(
     fold: int,
     summary: dict[str, Any],
     test_loss: float,
+    acquisition: dict[str, Any] | None = None,
 ) -> Path:
-    """One fold's bundle: weights, model.json (preprocessing, training, fold) and the templates."""
+    """One fold's bundle: weights, model.json (preprocessing, training, fold, the training cohort's
+    acquisition for predict's protocol check) and the templates."""
     meta = {
         "preprocessing": fingerprint,
+        "acquisition": acquisition,
         "training": training,
         "cohort_model": cohort_model,
         "fold": fold,
@@ -260,6 +272,7 @@ def _train_one(
     device: torch.device,
     dist: Dist,
     show_progress: bool,
+    acquisition: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Train fold ``k`` (ids: train / validation / test) and return its test predictions."""
     fold_dir = run_dir / f"fold_{k:02d}"
@@ -308,6 +321,7 @@ def _train_one(
             fold=k,
             summary=summary,
             test_loss=loss,
+            acquisition=acquisition,
         )
         kill_point("cv:bundle_written")
         write_csv(preds_path, frame[PREDICTION_COLUMNS])
@@ -392,6 +406,7 @@ def run_cv(
             device=device,
             dist=dist,
             show_progress=show_progress,
+            acquisition=training_acquisition(work, table),
         )
         frames.append(frame)
         kill_point("cv:fold_done")
@@ -506,6 +521,7 @@ def run_split(
         device=device,
         dist=dist,
         show_progress=show_progress,
+        acquisition=training_acquisition(work, table),
     )
     _finish(run_dir, [frame], split["test"], dist)
     if dist.is_main:
