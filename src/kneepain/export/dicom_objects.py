@@ -374,15 +374,9 @@ def _one_knee(
 
 def check_dicom_out(folder: Path) -> None:
     """Refuse a --dicom-out that is a file, or a non-empty folder other than an earlier export."""
-    from kneepain.predict.checks import PredictInputError
+    from kneepain.predict.checks import check_replaceable_dir
 
-    if folder.exists() and not folder.is_dir():
-        raise PredictInputError(f"{folder}: --dicom-out exists and is not a folder")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / MANIFEST).exists():
-        raise PredictInputError(
-            f"{folder}: --dicom-out is a non-empty folder without {MANIFEST}; it is replaced whole, "
-            "so give a new folder or an earlier export"
-        )
+    check_replaceable_dir(folder, "--dicom-out", MANIFEST)
 
 
 def write_objects(objects: list[KneeObjects], folder: Path) -> list[Path]:

@@ -204,3 +204,15 @@ def check_pair(left: SeriesHeaders, right: SeriesHeaders, needed_slices: int) ->
     if not (left.patient_id and right.patient_id):
         warnings.append("PatientID missing in a series: cannot check that both knees are one person's")
     return warnings
+
+
+def check_replaceable_dir(folder: Path, option: str, marker: str) -> None:
+    """Refuse an output folder given as ``option`` that is a file, or a non-empty folder without
+    ``marker`` (the file an earlier output of this kind holds): the folder is replaced whole."""
+    if folder.exists() and not folder.is_dir():
+        raise PredictInputError(f"{folder}: {option} exists and is not a folder")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / marker).exists():
+        raise PredictInputError(
+            f"{folder}: {option} is a non-empty folder without {marker}; it is replaced whole, "
+            "so give a new folder or an earlier output's"
+        )

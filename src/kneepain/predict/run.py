@@ -20,7 +20,13 @@ import numpy as np
 
 from kneepain import __version__
 from kneepain.contracts import BUNDLE_META, BUNDLE_WEIGHTS, KNEES
-from kneepain.predict.checks import PredictInputError, SeriesHeaders, check_pair, read_series_headers
+from kneepain.predict.checks import (
+    PredictInputError,
+    SeriesHeaders,
+    check_pair,
+    check_replaceable_dir,
+    read_series_headers,
+)
 from kneepain.predict.network import PRECISIONS
 from kneepain.protocol import protocol_warnings, slice_spacing_mm
 
@@ -207,17 +213,6 @@ def _bundle_identity(loaded: LoadedBundle) -> dict[str, Any]:
     }
 
 
-def check_out_dir(out_dir: Path) -> None:
-    """Refuse an --out folder that holds anything but an earlier prediction (it is replaced whole)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise PredictInputError(f"{out_dir}: --out exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / PREDICTION_FILE).exists():
-        raise PredictInputError(
-            f"{out_dir}: --out is a non-empty folder without {PREDICTION_FILE}; predict replaces its "
-            "--out folder whole, so give a new or an earlier prediction's folder"
-        )
-
-
 def predict_person(
     left_dir: str | Path,
     right_dir: str | Path,
@@ -247,7 +242,7 @@ def predict_person(
     if out_dir is not None:
         from kneepain.fileio import remove_stale_temporaries
 
-        check_out_dir(Path(out_dir))
+        check_replaceable_dir(Path(out_dir), "--out", PREDICTION_FILE)
         remove_stale_temporaries(Path(out_dir).parent, names={Path(out_dir).name})  # a killed run's
     timing: dict[str, float] = {}
     cpu_timing: dict[str, float] = {}  # process CPU seconds: what a shared machine cannot inflate

@@ -389,6 +389,7 @@ def run_cv(
         write_folds(run_dir / FOLDS_FILE, fold_ids, seed, validation=[p["validation"] for p in plans])
     _barrier(dist)
     start = time.perf_counter()
+    acquisition = training_acquisition(work, table)  # series.csv read once for every fold's bundle
     frames = []
     for k, plan in enumerate(plans):
         frame = _train_one(
@@ -406,7 +407,7 @@ def run_cv(
             device=device,
             dist=dist,
             show_progress=show_progress,
-            acquisition=training_acquisition(work, table),
+            acquisition=acquisition,
         )
         frames.append(frame)
         kill_point("cv:fold_done")
@@ -506,6 +507,7 @@ def run_split(
         write_folds(run_dir / FOLDS_FILE, [split["test"]], seed, validation=[split["validation"]])
     _barrier(dist)
     start = time.perf_counter()
+    acquisition = training_acquisition(work, table)
     frame = _train_one(
         0,
         run_dir,
@@ -521,7 +523,7 @@ def run_split(
         device=device,
         dist=dist,
         show_progress=show_progress,
-        acquisition=training_acquisition(work, table),
+        acquisition=acquisition,
     )
     _finish(run_dir, [frame], split["test"], dist)
     if dist.is_main:
