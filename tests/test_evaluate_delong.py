@@ -94,6 +94,8 @@ def test_interval_is_clipped_to_unit_range_and_ordered() -> None:
 def test_one_class_is_an_error_and_a_single_subject_class_has_no_variance() -> None:
     with pytest.raises(OneClassError, match="AUC undefined"):
         delong_ci(np.array([1, 1, 1]), np.array([0.1, 0.5, 0.9]))
+    with pytest.raises(OneClassError, match="no subjects"):
+        delong_ci(np.array([], dtype=int), np.array([]))
     estimate = delong_ci(np.array([1, 0, 0]), np.array([0.9, 0.5, 0.1]))
     assert estimate.auc == 1.0
     assert math.isnan(estimate.variance) and math.isnan(estimate.ci_low)

@@ -132,3 +132,12 @@ def test_subgroup_table_names_subjects_with_an_unknown_sex() -> None:
     frame.loc[3, "sex"] = "F"
     with pytest.raises(ValueError, match=r"column sex .*9000003"):
         subgroup_table(frame, source="cohort.csv")
+
+
+def test_a_subgroup_with_no_subjects_is_reported_not_a_crash() -> None:
+    """A small cohort with no men (found by the GPU check's 10-participant run: IndexError, exit 70)."""
+    frame = cohort_predictions().assign(sex="female")
+    table = subgroup_table(frame).set_index("subgroup")
+    assert table.loc["male", "n"] == 0
+    assert math.isnan(table.loc["male", "auc"])
+    assert table.loc["male", "note"] == "AUC undefined: no subjects"

@@ -61,6 +61,8 @@ def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarr
         raise ValueError("labels must be 0 or 1")
     if not np.isfinite(scores).all():
         raise ValueError("scores must be finite (no NaN or infinity)")
+    if labels.size == 0:
+        raise OneClassError("AUC undefined: no subjects")
     positives = int(labels.sum())
     if positives == 0 or positives == labels.size:
         raise OneClassError(f"AUC undefined: all {labels.size} subjects have label {int(labels[0])}")
