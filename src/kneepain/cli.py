@@ -25,6 +25,7 @@ import typer
 from kneepain import __version__
 
 STAGES = ("synth", "ingest", "preprocess", "train", "evaluate", "cam", "review", "predict", "demo", "bench")
+STAGES += ("paper",)  # issue 23: `kneepain paper` runs the stages above
 
 INTERNAL_ERROR_CODE = 70  # EX_SOFTWARE (sysexits.h): an internal error, not the user's input
 REPORT_TO = "the kneepain maintainers (attach the log file and the command you ran)"
