@@ -280,7 +280,7 @@ def plot(doc: dict[str, Any], stem: Path) -> None:
     cells = [c for c in doc["cells"] if "result" in c]
     sizes = [s for s in doc["sizes"] if s["auc_mean"] is not None]
     seeds = doc["plan"]["seeds"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), constrained_layout=True)
     width = max(doc["plan"]["sizes"]) / 60
     keys = (("auc", "auc_mean", "auc_sd_between_seeds"), ("gap", "gap_mean", "gap_sd_between_seeds"))
     for panel, (key, mean_key, sd_key) in zip(axes, keys, strict=True):
@@ -288,60 +288,45 @@ def plot(doc: dict[str, Any], stem: Path) -> None:
             mine = [c for c in cells if c["seed"] == seed]
             if not mine:
                 continue
-            offset = (index - (len(seeds) - 1) / 2) * width
-            x = [c["size"] + offset for c in mine]
+            x = [c["size"] + (index + 1) * width for c in mine]  # beside the mean, not under it
             y = [c["result"][key] for c in mine]
             fold_sd = [c["result"]["fold_auc_sd" if key == "auc" else "fold_gap_sd"] or 0.0 for c in mine]
             panel.errorbar(
-                x,
-                y,
-                yerr=fold_sd,
-                fmt="o",
-                ms=4,
-                lw=0.8,
-                capsize=2,
-                alpha=0.55,
-                color=f"C{index + 1}",
-                label=f"seed {seed} (bar: SD between folds)",
-            )
+                x, y, yerr=fold_sd, fmt="o", ms=4, lw=0.8, capsize=2, alpha=0.6, color=f"C{index + 1}",
+                label=f"seed {seed}",
+            )  # fmt: skip
         if sizes:
             x = [s["size"] for s in sizes]
             sd = [s[sd_key] or 0.0 for s in sizes]
             panel.errorbar(
-                x,
-                [s[mean_key] for s in sizes],
-                yerr=sd,
-                fmt="s-",
-                color="C0",
-                lw=2,
-                capsize=5,
-                label="mean of seeds (bar: SD between seeds)",
-                zorder=5,
-            )
+                x, [s[mean_key] for s in sizes], yerr=sd, fmt="s-", color="C0", lw=2, capsize=5,
+                label="mean of the seeds", zorder=5,
+            )  # fmt: skip
         panel.set_xlabel("participants synthesised (cohort size)")
         panel.set_xticks(doc["plan"]["sizes"])
         panel.grid(alpha=0.3)
     if sizes:
         axes[0].plot(
-            [s["size"] for s in sizes],
-            [s["oracle_mean"] for s in sizes],
-            "k--",
-            lw=1.2,
-            label="oracle on the same participants (mean)",
-        )
+            [s["size"] for s in sizes], [s["oracle_mean"] for s in sizes], "k--", lw=1.2,
+            label="oracle, same participants (mean)",
+        )  # fmt: skip
     axes[0].set_ylabel("pooled out-of-fold AUC")
     axes[0].set_title("Out-of-fold AUC")
+    low, high = axes[0].get_ylim()
+    axes[0].set_ylim(max(low, 0.4), min(high, 1.0))
     axes[1].axhline(TARGET_GAP, color="C3", ls=":", lw=1.5, label=f"target gap {TARGET_GAP}")
     axes[1].set_ylabel("oracle AUC minus out-of-fold AUC")
-    axes[1].set_title("Gap to the oracle")
+    axes[1].set_title("Gap to the oracle (lower is better)")
     for panel in axes:
         panel.legend(fontsize=7, loc="lower right" if panel is axes[0] else "upper right")
     plan = doc["plan"]
     fig.suptitle(
         f"Learning curve on fresh synthetic cohorts ({plan['folds']} folds, {plan['preset']} preset; "
-        f"{doc['cells_done']} of {doc['cells_planned']} cells) - synthetic, not clinical",
+        f"{doc['cells_done']} of {doc['cells_planned']} cells done). Synthetic data, not clinical.",
         fontsize=10,
     )
+    note = "Dots: one cohort each, bar = SD between its folds. Squares: mean of seeds, bar = SD between seeds"
+    fig.supxlabel(note + ".", fontsize=8)
     for suffix in (".png", ".svg"):
         fig.savefig(stem.with_suffix(suffix), dpi=130)
     plt.close(fig)
