@@ -176,15 +176,23 @@ def compute_cams(
     batch_size: int = 4,
     device: str = "cpu",
     on_batch: Callable[[int], None] | None = None,
+    precision: str = "auto",
 ) -> CamResult:
     """Run each fold's bundle over its test subjects' cache rows and collect the raw CAMs.
 
     ``loader(bundle_dir) -> (model, meta)`` defaults to ``kneepain.model.load_bundle``; the model
-    must offer ``forward_with_cams(x) -> (logits, cams)`` with cams (B, 2, 23, h, w).
+    must offer ``forward_with_cams(x) -> (logits, cams)`` with cams (B, 2, 23, h, w). ``precision``
+    (auto: bf16 where the device computes it natively, else fp32) is recorded in the meta.
     """
     import torch
     from torch.nn import functional
 
+    from kneepain.hardware import autocast_for, resolve_precision
+
+    try:
+        choice = resolve_precision(precision, torch.device(device))
+    except ValueError as error:
+        raise CamInputError(str(error)) from error
     load = loader or default_loader()
     cache_path = run.work / PREPROCESS_DIR / CACHE_ARRAY
     if not cache_path.exists():
@@ -219,7 +227,7 @@ def compute_cams(
                 x = functional.interpolate(flat, size=(size, size), mode="area").reshape(
                     *x.shape[:3], size, size
                 )
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast_for(choice.precision, torch.device(device)):
                 _, batch_cams = model.forward_with_cams(x.to(device))
             batch_cams = batch_cams.float().cpu().numpy()
             if batch_cams.ndim != 5 or batch_cams.shape[:3] != (len(chunk), 2, N_SLICES):
@@ -240,6 +248,7 @@ def compute_cams(
         "map_size": list(cams.shape[-2:]),
         "bundles": bundles,
         "backbone": _backbone_name(bundles),
+        "precision": choice.to_json(),
         "package_version": __version__,
     }
     return CamResult(cams, index, meta)

@@ -69,12 +69,13 @@ def run_cam_stage(
     device: str = "cpu",
     overlays: bool = True,
     tolerance_cells: int = 1,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Compute, draw and measure the CAMs of a run into ``RUN/cam``; return the localization summary."""
     run = read_run(run_dir)
     masks, skipped = choose_masks(truth, cache_masks, run.work)
     with progress_counter("CAMs", total=len(run.subjects)) as advance:
-        result = compute_cams(run, loader, batch_size, device, on_batch=advance)
+        result = compute_cams(run, loader, batch_size, device, on_batch=advance, precision=precision)
     with atomic_dir(run_dir / CAM_DIR) as tmp:
         write_cam_outputs(tmp, result)
         outputs = read_cam_outputs(run_dir, tmp)

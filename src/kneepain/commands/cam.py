@@ -21,6 +21,9 @@ def register(app: typer.Typer) -> None:
         ),
         batch_size: int = typer.Option(4, min=1, help="Subjects per forward pass."),
         device: str = typer.Option("cpu", help="torch device: cpu, cuda, or auto."),
+        precision: str = typer.Option(
+            "auto", help="auto (bf16 where the device computes it natively, else fp32) | fp32 | bf16 | fp16."
+        ),
         overlays: bool = typer.Option(True, help="Write overlays/<ID>_<side>.png figures."),
         tolerance: int = typer.Option(1, min=0, help="Pointing-game tolerance in CAM cells."),
         dicom_out: Path | None = typer.Option(
@@ -63,6 +66,7 @@ def register(app: typer.Typer) -> None:
                     device=device,
                     overlays=overlays,
                     tolerance_cells=tolerance,
+                    precision=precision,
                 )
             except CamInputError as error:
                 fail("cam", error)

@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
             None, "--out", help="Write prediction.json, summary.txt and overlay PNGs here (replaced whole)."
         ),
         precision: str = typer.Option(
-            "fp32", help="fp32 | bf16 (CPU autocast; slower on CPUs without bf16)."
+            "auto", help="auto (bf16 where the CPU computes it natively, else fp32) | fp32 | bf16."
         ),
         allow_qc_fail: bool = typer.Option(
             False,

@@ -1,6 +1,6 @@
 """Predict for one new person: which knee hurts, the class activation maps, where the hot spot lies.
 
-``predict_person(left_dir, right_dir, bundle_dir, out_dir=None, *, precision="fp32")`` is the
+``predict_person(left_dir, right_dir, bundle_dir, out_dir=None, *, precision="auto")`` is the
 entry point of ``kneepain predict`` and of the latency benchmark; see docs/predict.md.
 """
 

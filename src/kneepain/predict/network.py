@@ -13,15 +13,12 @@ before/after on the 2-core AVX2 machine: docs/predict.md.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 from torch import nn
 
+from kneepain.hardware import autocast_for
 from kneepain.model.siamese import SiameseEnsemble, SiameseNet
-
-PRECISIONS = ("fp32", "bf16")
 
 
 def _merged_layer(layers: list[nn.Module]) -> nn.Module:
@@ -127,20 +124,14 @@ def prepare_for_inference(model: SiameseNet | SiameseEnsemble) -> SiameseNet | S
     return model
 
 
-def precision_context(precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on the CPU, or nothing for fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "bf16":
-        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def run_network(
     model: SiameseNet | SiameseEnsemble, x: torch.Tensor, precision: str = "fp32"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities (B, 2) [left painful, right painful] and CAMs (B, 2, S, h, w) float32 of ``x``."""
-    with torch.inference_mode(), precision_context(precision):
+    """Probabilities (B, 2) [left painful, right painful] and CAMs (B, 2, S, h, w) float32 of ``x``.
+
+    ``precision`` is a resolved one (fp32 | bf16; kneepain.hardware.resolve_precision picks it).
+    """
+    with torch.inference_mode(), autocast_for(precision, torch.device("cpu")):
         logits, cams = model.forward_with_cams(x)
     probs = torch.softmax(logits.float(), dim=1)
     return probs.numpy(), cams.float().numpy()

@@ -27,7 +27,6 @@ from kneepain.predict.checks import (
     check_replaceable_dir,
     read_series_headers,
 )
-from kneepain.predict.network import PRECISIONS
 from kneepain.protocol import protocol_warnings, slice_spacing_mm
 
 PREDICTION_FILE = "prediction.json"
@@ -219,7 +218,7 @@ def predict_person(
     bundle_dir: str | Path,
     out_dir: str | Path | None = None,
     *,
-    precision: str = "fp32",
+    precision: str = "auto",
     allow_qc_fail: bool = False,
     maps: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -227,17 +226,23 @@ def predict_person(
 
     ``left_dir`` / ``right_dir``: the two DICOM series folders (any file names). ``bundle_dir``:
     a model bundle (``fold_XX/bundle``). ``out_dir``: write prediction.json, summary.txt and
-    overlay_<side>.png there atomically (None: write nothing). ``precision``: ``fp32`` or
-    ``bf16`` (autocast). A knee failing the quality check raises PredictQCError unless
+    overlay_<side>.png there atomically (None: write nothing). ``precision``: ``auto`` (bf16
+    where the CPU computes it natively, else fp32; the choice and its reason are recorded), ``fp32``
+    or ``bf16`` (autocast). A knee failing the quality check raises PredictQCError unless
     ``allow_qc_fail`` (then the document says so). Every refusal is a PredictInputError.
     ``maps``: when given, filled with the CAMs, per-knee preprocessing results, headers and
     preprocessing config (``kneepain.export`` turns them into DICOM objects).
     """
+    import torch
+
+    from kneepain.hardware import resolve_precision
     from kneepain.preprocess.knee import knee_info, preprocess_volume
     from kneepain.train.data import to_input
 
-    if precision not in PRECISIONS:
-        raise PredictInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    try:
+        choice = resolve_precision(precision, torch.device("cpu"))
+    except ValueError as error:
+        raise PredictInputError(str(error)) from error
     left_dir, right_dir = Path(left_dir), Path(right_dir)
     if out_dir is not None:
         from kneepain.fileio import remove_stale_temporaries
@@ -282,7 +287,7 @@ def predict_person(
     from kneepain.predict.network import run_network
 
     x = to_input(pixels[None], loaded.input_size)
-    probs, cams = run_network(loaded.model, x, precision)
+    probs, cams = run_network(loaded.model, x, choice.precision)
     if maps is not None:
         maps.update(cams=cams[0], results=results, headers=headers, config=config)
     lap("network")
@@ -322,7 +327,8 @@ def predict_person(
         "qc_pass": qc_pass,
         "warnings": warnings,
         "knees": knees,
-        "precision": precision,
+        "precision": choice.precision,
+        "precision_choice": choice.to_json(),
         "torch_threads": _threads(),
         "bundle": _bundle_identity(loaded),
         "package_version": __version__,

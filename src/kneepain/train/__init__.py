@@ -1,17 +1,19 @@
 """Training: batches from the slice cache, the training loop, folds and splits, cross-validation."""
 
+from kneepain.config import RunConfig, TrainConfig, load_config, preset
 from kneepain.train.cv import RunInputError, run_cv, run_split, write_split
 from kneepain.train.folds import SplitError, balance_report, make_folds, read_folds, stratified_split
-from kneepain.train.loop import PRESETS, TrainConfig, TrainingError, fit, preset
+from kneepain.train.loop import TrainingError, fit
 
 __all__ = [
-    "PRESETS",
+    "RunConfig",
     "RunInputError",
     "SplitError",
     "TrainConfig",
     "TrainingError",
     "balance_report",
     "fit",
+    "load_config",
     "make_folds",
     "preset",
     "read_folds",

@@ -13,6 +13,7 @@ import hashlib
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +22,20 @@ import pandas as pd
 import torch
 
 from kneepain import __version__
+from kneepain.config import RunConfig, TrainConfig, load_config
 from kneepain.console import console, safe
 from kneepain.contracts import (
     FOLDS_FILE,
     PREDICTION_COLUMNS,
     PREDICTIONS_TABLE,
+    RUN_INFO,
     SPLIT_FILE,
     WorkPaths,
     open_cache,
     training_table,
 )
 from kneepain.fileio import remove_stale_temporaries, write_csv, write_json
+from kneepain.hardware import PrecisionChoice, resolve_precision
 from kneepain.model.bundle import read_bundle_meta, save_bundle
 from kneepain.model.siamese import ModelConfig, build_model
 from kneepain.protocol import summarize_acquisition
@@ -46,19 +50,10 @@ from kneepain.train.folds import (
     stratified_split,
     write_folds,
 )
-from kneepain.train.loop import (
-    Dist,
-    TrainConfig,
-    TrainingError,
-    init_distributed,
-    pick_device,
-    predict,
-    preset,
-)
+from kneepain.train.loop import Dist, TrainingError, auc_or_nan, init_distributed, pick_device, predict
 from kneepain.train.recipe import Part, remove_checkpoints, train_model
 from kneepain.workers import kill_point
 
-RUN_INFO = "run.json"
 BALANCE_TABLE = "split_balance.csv"
 INFORMATIVE_CACHE_KEYS = ("package_version", "subjects")
 
@@ -173,12 +168,17 @@ def _run_record(
     model: str,
     folds: int,
     seed: int,
-    model_config: ModelConfig,
+    config: RunConfig,
     train_config: TrainConfig,
+    precision: PrecisionChoice,
     fingerprint: dict[str, Any],
     subjects: int,
 ) -> dict[str, Any]:
-    """run.json's content for a cross-validation (``cv``) or single-split (``split``) run."""
+    """run.json's content for a cross-validation (``cv``) or single-split (``split``) run.
+
+    ``config`` is the configuration as given (precision ``auto`` stays ``auto``); ``training`` the
+    loop's flat record with the precision resolved; ``precision`` the choice and its reason.
+    """
     return {
         "kind": kind,
         "work": str(work.resolve()),
@@ -186,7 +186,9 @@ def _run_record(
         "model": model,
         "folds": folds,
         "seed": seed,
-        "architecture": model_config.to_json(),
+        "config": config.to_json(),
+        "precision": precision.to_json(),
+        "architecture": config.model.to_json(),
         "training": train_config.to_json(),
         "preprocessing": fingerprint,
         "package_version": __version__,
@@ -206,10 +208,12 @@ def write_fold_bundle(
     summary: dict[str, Any],
     test_loss: float,
     acquisition: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> Path:
-    """One fold's bundle: weights, model.json (preprocessing, training, fold, the training cohort's
-    acquisition for predict's protocol check) and the templates."""
+    """One fold's bundle: weights, model.json (preprocessing, the run's configuration, training,
+    fold, the training cohort's acquisition for predict's protocol check) and the templates."""
     meta = {
+        "config": config,
         "preprocessing": fingerprint,
         "acquisition": acquisition,
         "training": training,
@@ -242,7 +246,9 @@ def _prepare_run_dir(run_dir: Path, record: dict[str, Any], resume: bool, overwr
                 f"{info}: the run was started on another training table (cohort membership, labels or "
                 "QC results changed since); start a new run (--run NAME) or pass --overwrite"
             )
-        for key in ("model", "folds", "seed", "architecture", "training", "kind"):
+        for key in ("model", "folds", "seed", "config", "architecture", "training", "kind"):
+            if key == "config" and key not in stored:  # a run made before run.json recorded it
+                continue
             if stored.get(key) != record.get(key):
                 raise RunInputError(
                     f"{info}: the run was started with {key} = {stored.get(key)!r}, not {record.get(key)!r}"
@@ -273,6 +279,7 @@ def _train_one(
     dist: Dist,
     show_progress: bool,
     acquisition: dict[str, Any] | None = None,
+    config_record: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Train fold ``k`` (ids: train / validation / test) and return its test predictions."""
     fold_dir = run_dir / f"fold_{k:02d}"
@@ -322,6 +329,7 @@ def _train_one(
             summary=summary,
             test_loss=loss,
             acquisition=acquisition,
+            config=config_record,
         )
         kill_point("cv:bundle_written")
         write_csv(preds_path, frame[PREDICTION_COLUMNS])
@@ -339,8 +347,22 @@ def _finish(run_dir: Path, frames: list[pd.DataFrame], expected: list[str], dist
     return predictions
 
 
-def _configs(config: str | tuple[ModelConfig, TrainConfig]) -> tuple[ModelConfig, TrainConfig]:
-    return preset(config) if isinstance(config, str) else config
+def _run_config(config: str | Path | RunConfig | tuple[ModelConfig, TrainConfig]) -> RunConfig:
+    """A preset name or file, a RunConfig, or a (ModelConfig, TrainConfig) pair as a RunConfig."""
+    if isinstance(config, RunConfig):
+        return config
+    if isinstance(config, tuple):
+        return RunConfig.from_parts(*config)
+    return load_config(config)
+
+
+def _device_and_precision(config: RunConfig) -> tuple[torch.device, Dist, TrainConfig, PrecisionChoice]:
+    """The device, the DDP place, the loop's record with its precision resolved, and that choice."""
+    train_config = config.training()
+    device = pick_device(train_config)
+    choice = resolve_precision(config.runtime.precision, device)
+    console.print(f"precision {choice.precision} ({safe(choice.reason)})")
+    return device, init_distributed(device), replace(train_config, precision=choice.precision), choice
 
 
 def run_cv(
@@ -349,20 +371,23 @@ def run_cv(
     *,
     folds: int = 10,
     model: str = "A",
-    config: str | tuple[ModelConfig, TrainConfig] = "paper",
-    seed: int = 0,
+    config: str | Path | RunConfig | tuple[ModelConfig, TrainConfig] = "paper",
+    seed: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
     show_progress: bool = True,
 ) -> Path:
     """k-fold cross-validation on Model ``model``'s cohort; returns WORK/runs/<run_name>.
 
-    ``config`` is a preset name (paper, small, tiny) or a (ModelConfig, TrainConfig) pair. Under
-    torchrun every process trains (DDP); only rank 0 writes.
+    ``config`` is a preset name (paper, small, tiny) or TOML file, a RunConfig, or a
+    (ModelConfig, TrainConfig) pair; ``seed`` (of the folds) defaults to its ``runtime.seed``.
+    Under torchrun every process trains (DDP); only rank 0 writes.
     """
     work = Path(work)
     model = model.upper()
-    model_config, train_config = _configs(config)
+    run_config = _run_config(config)
+    seed = run_config.runtime.seed if seed is None else seed
+    model_config = run_config.model
     table, cache, fingerprint = load_inputs(work, model)
     ids, labels = table["subject_id"].tolist(), table["label"].to_numpy()
     try:
@@ -371,7 +396,7 @@ def run_cv(
         for k, test_ids in enumerate(fold_ids):
             rest = table[~table["subject_id"].isin(test_ids)]
             train_ids, val_ids = hold_out(
-                rest["subject_id"].tolist(), rest["label"].to_numpy(), train_config.val_fraction, seed + k
+                rest["subject_id"].tolist(), rest["label"].to_numpy(), run_config.data.val_fraction, seed + k
             )
             plans.append({"train": train_ids, "validation": val_ids, "test": test_ids})
         check_folds(fold_ids, ids, where=f"{run_name} folds")
@@ -379,10 +404,11 @@ def run_cv(
         raise RunInputError(f"{WorkPaths(work).cohort_table} (Model {model}): {error}") from error
     run_dir = WorkPaths(work).runs / run_name
     templates = bundle_templates(work, fingerprint)
-    record = _run_record("cv", work, model, folds, seed, model_config, train_config, fingerprint, len(ids))
+    device, dist, train_config, precision = _device_and_precision(run_config)
+    record = _run_record(
+        "cv", work, model, folds, seed, run_config, train_config, precision, fingerprint, len(ids)
+    )
     record["training_table_sha256"] = training_table_hash(table)
-    device = pick_device(train_config)
-    dist = init_distributed(device)
     if dist.is_main:
         _prepare_run_dir(run_dir, record, resume, overwrite)
         write_json(run_dir / RUN_INFO, {**record, "status": "running"})
@@ -408,12 +434,11 @@ def run_cv(
             dist=dist,
             show_progress=show_progress,
             acquisition=acquisition,
+            config_record=record["config"],
         )
         frames.append(frame)
         kill_point("cv:fold_done")
         if dist.is_main:
-            from kneepain.train.loop import auc_or_nan
-
             auc = auc_or_nan(frame["label"].to_numpy(), frame["prob_right"].to_numpy())
             console.print(
                 f"fold {k}: {len(frame)} test subjects, AUC {auc:.3f}, {time.perf_counter() - start:.0f} s"
@@ -463,8 +488,8 @@ def run_split(
     run_name: str,
     *,
     model: str = "B",
-    config: str | tuple[ModelConfig, TrainConfig] = "paper",
-    seed: int = 0,
+    config: str | Path | RunConfig | tuple[ModelConfig, TrainConfig] = "paper",
+    seed: int | None = None,
     resume: bool = False,
     show_progress: bool = True,
 ) -> Path:
@@ -475,7 +500,9 @@ def run_split(
     """
     work = Path(work)
     model = model.upper()
-    model_config, train_config = _configs(config)
+    run_config = _run_config(config)
+    seed = run_config.runtime.seed if seed is None else seed
+    model_config = run_config.model
     run_dir = WorkPaths(work).runs / run_name
     if not (run_dir / SPLIT_FILE).exists():
         write_split(work, run_name, model=model, seed=seed)
@@ -489,8 +516,9 @@ def run_split(
         if table[table["subject_id"].isin(split[name])]["label"].nunique() < 2:
             raise RunInputError(f"{run_dir / SPLIT_FILE}: the {name} part has one class only")
     templates = bundle_templates(work, fingerprint)
+    device, dist, train_config, precision = _device_and_precision(run_config)
     record = _run_record(
-        "split", work, model, 1, seed, model_config, train_config, fingerprint, len(split["test"])
+        "split", work, model, 1, seed, run_config, train_config, precision, fingerprint, len(split["test"])
     )
     record["training_table_sha256"] = training_table_hash(table)
     info = run_dir / RUN_INFO
@@ -500,8 +528,6 @@ def run_split(
         raise RunInputError(
             f"{info}: a model was already trained in this run; pass --resume or use another run"
         )
-    device = pick_device(train_config)
-    dist = init_distributed(device)
     if dist.is_main:
         write_json(info, {**record, "status": "running"})
         write_folds(run_dir / FOLDS_FILE, [split["test"]], seed, validation=[split["validation"]])
@@ -524,6 +550,7 @@ def run_split(
         dist=dist,
         show_progress=show_progress,
         acquisition=acquisition,
+        config_record=record["config"],
     )
     _finish(run_dir, [frame], split["test"], dist)
     if dist.is_main:

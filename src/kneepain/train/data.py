@@ -23,11 +23,10 @@ from torch.nn import functional
 
 @dataclass(frozen=True)
 class EpochDraw:
-    """The random choices of one epoch: positions into the subject list, knee swaps and shifts."""
+    """The random choices of one epoch: positions into the subject list and knee swaps."""
 
     order: np.ndarray  # int positions, this process's share
     swap: np.ndarray  # bool, same length: swap the two knees and flip the label
-    shift: np.ndarray | None = None  # int (len, 2 knees, 2 axes): translation in input pixels
 
 
 def draw_epoch(
@@ -37,46 +36,22 @@ def draw_epoch(
     *,
     shuffle: bool,
     swap_knees: bool,
-    max_shift: int = 0,
     rank: int = 0,
     world: int = 1,
 ) -> EpochDraw:
-    """Draw the order, swaps and shifts of ``epoch`` for process ``rank`` of ``world``.
+    """Draw the order and swaps of ``epoch`` for process ``rank`` of ``world``.
 
     Every process draws the same permutation from (seed, epoch); it is padded (wrapping around)
     to a multiple of ``world`` so all processes get equally many items (DDP needs equal step counts).
-    Shifts are drawn last, so runs without them keep the order and swaps they always had.
     """
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(n) if shuffle else np.arange(n)
     swap = rng.random(n) < 0.5 if swap_knees else np.zeros(n, dtype=bool)
-    shift = rng.integers(-max_shift, max_shift + 1, size=(n, 2, 2)) if max_shift > 0 else None
     if world > 1:
         total = -(-n // world) * world
         pad = np.resize(np.arange(n), total)  # positions into order/swap, wrapping
         order, swap = order[pad], swap[pad]
-        shift = shift[pad] if shift is not None else None
-    return EpochDraw(order[rank::world], swap[rank::world], shift[rank::world] if shift is not None else None)
-
-
-def shift_knees(x: torch.Tensor, shift: np.ndarray) -> torch.Tensor:
-    """Translate each knee's slice stack of ``x`` (B, 2, S, h, w) by ``shift`` (B, 2, 2) pixels.
-
-    The whole stack moves together (a registration error moves every slice of a knee alike);
-    uncovered pixels are 0, the background of a normalized MRI slice.
-    """
-    reach = int(np.abs(shift).max(initial=0))
-    if reach == 0:
-        return x
-    height, width = x.shape[-2:]
-    padded = functional.pad(x, (reach, reach, reach, reach))
-    out = torch.empty_like(x)
-    for item in range(x.shape[0]):
-        for knee in range(x.shape[1]):
-            top = reach - int(shift[item, knee, 0])
-            left = reach - int(shift[item, knee, 1])
-            out[item, knee] = padded[item, knee, :, top : top + height, left : left + width]
-    return out
+    return EpochDraw(order[rank::world], swap[rank::world])
 
 
 def to_input(block: np.ndarray, input_size: int) -> torch.Tensor:
@@ -109,7 +84,6 @@ class CacheBatches:
         seed: int = 0,
         shuffle: bool = False,
         swap_knees: bool = False,
-        max_shift: int = 0,
         location: int | None = None,
         rank: int = 0,
         world: int = 1,
@@ -125,7 +99,6 @@ class CacheBatches:
         self.seed = seed
         self.shuffle = shuffle
         self.swap_knees = swap_knees
-        self.max_shift = max_shift
         self.location = location
         self.rank = rank
         self.world = world
@@ -165,11 +138,8 @@ class CacheBatches:
                 self._resized = torch.cat(chunks) if chunks else None
         return self._resized
 
-    def load(
-        self, positions: np.ndarray, swap: np.ndarray, shift: np.ndarray | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Subjects at ``positions`` (resized once, or one sorted memmap read) with knee swaps and
-        per-knee shifts (after the swap: ``shift[:, 0]`` moves the knee that ends up first) applied."""
+    def load(self, positions: np.ndarray, swap: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Subjects at ``positions`` (resized once, or one sorted memmap read) with knee swaps applied."""
         labels = np.where(swap, 1 - self.labels[positions], self.labels[positions])
         resized = self._resized_part()
         if resized is not None:
@@ -181,8 +151,6 @@ class CacheBatches:
             block = self._read(self.rows[positions])
             block[swap] = block[swap][:, ::-1]  # knee axis: left <-> right
             x = to_input(block, self.input_size)
-        if shift is not None:
-            x = shift_knees(x, shift)
         return x, torch.from_numpy(labels)
 
     def epoch(self, epoch: int, prefetch: int = 2) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -193,20 +161,11 @@ class CacheBatches:
             self.seed,
             shuffle=self.shuffle,
             swap_knees=self.swap_knees,
-            max_shift=self.max_shift,
             rank=self.rank,
             world=self.world,
         )
-        starts = range(0, len(draw.order), self.batch_size)
-        jobs = (
-            (
-                draw.order[s : s + self.batch_size],
-                draw.swap[s : s + self.batch_size],
-                draw.shift[s : s + self.batch_size] if draw.shift is not None else None,
-            )
-            for s in starts
-        )
-        loads = (self.load(p, w, t) for p, w, t in jobs)
+        parts = (slice(s, s + self.batch_size) for s in range(0, len(draw.order), self.batch_size))
+        loads = (self.load(draw.order[part], draw.swap[part]) for part in parts)
         return read_ahead(loads, prefetch) if prefetch > 0 else loads
 
 

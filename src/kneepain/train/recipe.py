@@ -75,7 +75,6 @@ def _batches(
         seed=config.seed,
         shuffle=train,
         swap_knees=train and config.swap_knees,
-        max_shift=round(config.shift_augment * model.config.input_size) if train else 0,
         location=location,
         rank=dist.rank if train else 0,
         world=dist.world if train else 1,
