@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
             None, "--out", help="Folder of paper.html and paper.json (default WORK/paper)."
         ),
         fast: bool = typer.Option(
-            False, "--fast", help="Smoke test: tiny preset, 3 folds, 2 epochs, 200 resamples."
+            False, "--fast", help="Smoke test: tiny preset, 2 folds, 2 epochs, 200 resamples."
         ),
         review_db: Path | None = typer.Option(
             None,

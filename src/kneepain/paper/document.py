@@ -119,8 +119,9 @@ def methods_section(study: Study) -> Section:
         section.text(sentence, "methods")
     if options.get("fast"):
         section.text(
-            "--fast: the tiny preset, 3 folds and 2 epochs: a smoke test of the pipeline, not the paper's "
-            "protocol; its numbers mean nothing.",
+            f"--fast: the {options.get('preset')} preset, {options.get('folds')} folds and "
+            f"{options.get('epochs')} epochs: a smoke test of the pipeline, not the paper's protocol; its "
+            "numbers mean nothing.",
             "verdict",
         )
     section.text(f"Published protocol: {published.METHODS}", "note")

@@ -29,7 +29,7 @@ UNREGISTERED_DIR = "unregistered"  # WORK/unregistered/: a second work folder wi
 BRANCHES = ("kneenet", "vgg16_gap", "alexnet_gap")
 CORE = ("model-a", "model-b", "review")
 OPTIONAL = ("architectures", "unregistered")  # run when they fit --budget-minutes, or with --with NAME
-FAST = {"preset": "tiny", "folds": 3, "epochs": 2, "bootstrap": 200}
+FAST = {"preset": "tiny", "folds": 2, "epochs": 2, "bootstrap": 200}
 
 # Seconds per subject per epoch (forward + backward) of KneeNet at each preset's size on this
 # project's 2-core CPU: small from the 10-fold runs of docs/experiments.md (2,133 s wall for
@@ -50,7 +50,7 @@ class PaperError(ValueError):
 
 def architecture_args(branch: str) -> list[str]:
     """The CLI arguments of `cv`/`train` that choose the Siamese branch (issue 20: --set model.branch=)."""
-    return ["--branch", branch]
+    return ["--set", f"model.branch={branch}"]
 
 
 @dataclass(frozen=True)
@@ -383,6 +383,8 @@ def choose(experiments: list[Experiment], options: PaperOptions) -> None:
             f"--with {unknown[0]}: unknown experiment; expected one of {', '.join(OPTIONAL)} or all"
         )
     budget = options.budget_minutes * 60.0
+    for experiment in experiments:
+        experiment.selected, experiment.why_not = True, ""
     total = sum(e.estimate_s for e in experiments if e.name in CORE)
     for experiment in experiments:
         if experiment.name in CORE:

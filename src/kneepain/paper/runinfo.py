@@ -78,7 +78,13 @@ def run_settings(info: dict[str, Any]) -> RunSettings:
         except (TypeError, ValueError):
             return None
 
-    precision = _lookup(info, "precision_used", "resolved_precision", "precision")
+    resolved = info.get("precision")  # issue 21: {"precision": used, "requested": ..., "reason": ...}
+    if isinstance(resolved, dict):
+        precision = resolved.get("precision")
+        if resolved.get("requested") not in (None, precision):
+            precision = f"{precision} ({resolved['requested']} requested)"
+    else:
+        precision = _lookup(info, "precision_used", "resolved_precision", "precision")
     return RunSettings(
         kind=_lookup(info, "kind"),
         model=_lookup(info, "model") if isinstance(_lookup(info, "model"), str) else None,

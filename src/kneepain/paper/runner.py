@@ -67,14 +67,11 @@ def run_stage(argv: list[str]) -> None:
 
 def print_plan(experiments: list[Experiment], options: PaperOptions) -> float:
     """Print each experiment with its estimated time (what is not done yet); return the total seconds."""
-    fast = (
-        " --fast (tiny preset, 3 folds, 2 epochs: a smoke test, not the paper's protocol)"
-        if options.fast
-        else ""
-    )
+    fast = " (--fast: a smoke test, not the paper's protocol)" if options.fast else ""
+    epochs = f", {options.training_epochs} epochs" if options.training_epochs else ""
     console.print(
         f"[bold]paper[/bold]: {safe(options.work)}: preset {options.training_preset}, "
-        f"{options.cv_folds} folds, seed {options.seed}{fast}"
+        f"{options.cv_folds} folds{epochs}, seed {options.seed}{fast}"
     )
     console.print(
         "paper: estimated time still to run (from rates measured on a 2-core CPU; load changes it):"
