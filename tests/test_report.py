@@ -287,6 +287,25 @@ def test_qc_section_shows_the_audit_against_the_pain_label(tmp_path: Path) -> No
     assert "qc_audit.csv not found" in section_html((run / "report.html").read_text(), "qc")
 
 
+def test_qc_section_states_the_template_frame_and_its_fallback(tmp_path: Path) -> None:
+    run = full_run(tmp_path, synthetic=True)
+    template_json = tmp_path / "work" / "preprocess" / "template.json"
+    fallback = {
+        "status": "fallback: group mean frame kept",
+        "reason": "tibial plateau not a line (tilt 3 deg)",
+    }
+    template_json.write_text(json.dumps({"anatomical_frame": fallback}))
+    build_report(run)
+    qc = section_html((run / "report.html").read_text(), "qc")
+    assert "landmarks were not found (tibial plateau not a line (tilt 3 deg))" in qc
+    assert "keeps the group" in qc and "mean frame (preprocess/template.json)" in qc
+    found = {"status": "found", "plateau_angle_deg": 1.25, "eminence_mm": 0.4}
+    template_json.write_text(json.dumps({"anatomical_frame": found}))
+    build_report(run)
+    qc = section_html((run / "report.html").read_text(), "qc")
+    assert "Registration frame: anatomical" in qc and "not found" not in qc
+
+
 def test_cam_verdict_says_beyond_chance_only_when_the_paired_test_says_so() -> None:
     from kneepain.report.html import _verdict
 

@@ -50,6 +50,12 @@ def register(app: typer.Typer) -> None:
             help="Build (or check) WORK/preprocess/template.npy and stop; run it once before "
             "launching --shard jobs so they all share one template.",
         ),
+        bundle: Path | None = typer.Option(
+            None,
+            help="Model bundle whose training cohort's acquisition (slice thickness and spacing, pixel "
+            "spacing, sequence) the series are checked against; default: the cohort's own median. "
+            "Differences are warned about (protocol.csv), not resampled.",
+        ),
         max_slice_pixels: int | None = MAX_SLICE_PIXELS,
         max_series_mb: float | None = MAX_SERIES_MB,
     ) -> None:
@@ -71,6 +77,7 @@ def register(app: typer.Typer) -> None:
                 merge_only=merge_only,
                 template=template,
                 template_only=template_only,
+                bundle=bundle,
             )
         except (CacheMismatchError, PreprocessInputError, SeriesError, ValueError) as error:
             fail("preprocess", error)

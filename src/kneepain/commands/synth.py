@@ -19,11 +19,18 @@ def register(app: typer.Typer) -> None:
         proportions: str = typer.Option(
             "training", help="'training' (mostly unilateral pain) or 'paper' (the paper's proportions)."
         ),
+        phantom: str = typer.Option(
+            "default",
+            help="'default' or 'challenge' (fat-suppressed contrast, large effusions, bright vessels, "
+            "the PCL off the knee's middle, adult sizes and tibial slopes: docs/synth.md).",
+        ),
     ) -> None:
         """Synthesise knee MRI (DICOM), clinical files and truth for N participants."""
         from kneepain.synth import generate_cohort
 
         try:
-            generate_cohort(out, subjects, seed, workers=workers or None, proportions=proportions)
+            generate_cohort(
+                out, subjects, seed, workers=workers or None, proportions=proportions, phantom=phantom
+            )
         except (ValueError, FileExistsError) as error:
             raise typer.BadParameter(str(error)) from error

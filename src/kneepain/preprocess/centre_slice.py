@@ -1,10 +1,12 @@
 """Find the centre (PCL / intercondylar notch) slice of a knee, or take it from a manual list.
 
-Detection has two steps. A first guess is the middle of the knee's medio-lateral extent (the slices
-whose foreground area is at least half the largest). Then the whole 23-slice window is matched to
-the 23 per-offset templates: every slice is aligned with the pose of the guess slice, and the
-centre is the candidate (within ``search`` slices of the guess) whose window correlates best with
-the template stack. Matching the whole stack uses the shape of both condyles and the notch, not a
+Detection has three steps. A first guess is the middle of the knee's medio-lateral extent (the
+slices whose foreground area is at least half the largest), which is not the PCL slice in real
+knees. The slice near it (every other slice within ``search``) that fits the template's centre
+slice best gives the starting pose (``start_pose``). Then the whole 23-slice window is matched to
+the 23 per-offset templates: every slice is aligned with that pose, and the centre is the
+candidate (within ``search`` slices of the start) whose window correlates best with the template
+stack. Matching the whole stack uses the shape of both condyles and the notch, not a
 single slice, which makes it robust to noise in any one slice.
 
 Centre slices in files (manual CSV, index.csv, qc.csv) are 0-based indices into the series sorted
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kneepain.preprocess.registration import WORK_SPACING_MM, Pose, resample
+from kneepain.preprocess.registration import WORK_SPACING_MM, Pose, RegistrationResult, register_ecc, resample
 from kneepain.preprocess.series_io import KneeVolume
 
 
@@ -31,6 +33,30 @@ def extent_centre(volume: KneeVolume) -> int:
         return volume.n_slices // 2
     inside = np.flatnonzero(areas >= 0.5 * areas.max())
     return (int(inside[0]) + int(inside[-1])) // 2
+
+
+def start_pose(
+    volume: KneeVolume, templates: np.ndarray, guess: int, search: int, motion: str
+) -> tuple[int, RegistrationResult]:
+    """The slice near ``guess`` (every other slice within ``search``) that fits the template's
+    centre slice best, and its fit: the pose the window is aligned with before stack matching.
+
+    The middle of the knee's medial-lateral extent is not the PCL slice (the medial condyle is
+    larger; real knees put the PCL one to a few slices off it), and a condyle slice fitted to the
+    notch template can converge to a wrong pose, after which no candidate matches. Trying a few
+    slices and keeping the best fit costs a few ECC fits and does not assume where the PCL is.
+    """
+    spacing = (volume.spacing_row_mm, volume.spacing_col_mm)
+    half = templates.shape[0] // 2
+    best: tuple[float, int, RegistrationResult] | None = None
+    for index in range(guess - search, guess + search + 1, 2):
+        if not 0 <= index < volume.n_slices:
+            continue
+        fit = register_ecc(templates[half], volume.voxels[index], spacing, motion=motion)
+        if best is None or fit.correlation > best[0]:
+            best = (fit.correlation, index, fit)
+    assert best is not None, "the guess lies inside the series"
+    return best[1], best[2]
 
 
 def aligned_stack(volume: KneeVolume, pose: Pose | np.ndarray, field_px: int) -> np.ndarray:

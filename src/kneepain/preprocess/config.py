@@ -13,7 +13,9 @@ import numpy as np
 from kneepain import __version__
 from kneepain.contracts import HALF_SLICES, IMAGE_SIZE
 
-CONFIG_VERSION = 3  # 2: affine fit (rigid part kept), unbiased template; 3: anatomical template frame
+# 2: affine fit (rigid part kept), unbiased template; 3: anatomical template frame;
+# 4: high_contrast against the knee's brightest tissue, centre search from the best-fitting start slice
+CONFIG_VERSION = 4
 # Stored with the cache, not part of the configuration: the package version, the subject count and
 # the content hash of the merged cache (what a training run records to notice a rebuilt cache).
 INFORMATIVE_KEYS = ("package_version", "subjects", "content_sha256")
@@ -53,7 +55,7 @@ class PreprocessConfig:
             "ghosting": 0.08,
             "blank_std_ratio": 0.15,
             "gap_ratio": 1.5,
-            "bright_ratio": 1.5,
+            "bright_ratio": 2.0,  # x the knee's brightest tissue (fluid), quality.check_contrast
             "bright_area_mm2": 50.0,
             "dark_area_mm2": 40.0,
             "void_level": 0.08,

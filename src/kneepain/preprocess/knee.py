@@ -14,7 +14,7 @@ import numpy as np
 
 from kneepain.contracts import KNEES, N_SLICES
 from kneepain.preprocess import quality
-from kneepain.preprocess.centre_slice import aligned_stack, extent_centre, match_centre
+from kneepain.preprocess.centre_slice import aligned_stack, extent_centre, match_centre, start_pose
 from kneepain.preprocess.config import PreprocessConfig
 from kneepain.preprocess.crop import crop_slices, intensity_scale, to_uint8
 from kneepain.preprocess.registration import Pose, RegistrationResult, register_ecc, register_stack
@@ -65,9 +65,18 @@ def preprocess_volume(
         if templates is None:
             raise ValueError("registration needs templates (template.npy of the cache)")
         guess = min(max(extent_centre(volume), 0), volume.n_slices - 1)
-        first = register_ecc(
-            templates[half], volume.voxels[guess], spacing, motion=config.registration_motion, measure=False
-        )
+        if config.version >= 4:
+            guess, first = start_pose(
+                volume, templates, guess, config.centre_search, config.registration_motion
+            )
+        else:  # caches and bundles of version <= 3 started from the guess itself
+            first = register_ecc(
+                templates[half],
+                volume.voxels[guess],
+                spacing,
+                motion=config.registration_motion,
+                measure=False,
+            )
         stack = aligned_stack(
             volume, first.pose if first.affine is None else first.affine, templates.shape[-1]
         )

@@ -36,6 +36,7 @@ from kneepain.preprocess import quality
 from kneepain.preprocess.centre_slice import centre_override, extent_centre, read_centre_overrides
 from kneepain.preprocess.config import CacheMismatchError, PreprocessConfig, array_sha256, read_config
 from kneepain.preprocess.knee import knee_info, preprocess_knee
+from kneepain.preprocess.protocol_check import bundle_acquisition, check_protocol
 from kneepain.preprocess.qc_audit import audit_warnings, write_qc_audit
 from kneepain.preprocess.registration import MOVING_MARGIN_MM
 from kneepain.preprocess.series_io import SeriesError, read_knee_series
@@ -374,6 +375,22 @@ def _build_templates(
     return templates, record
 
 
+def _frame_status(work: Path) -> str | None:
+    """The template's frame in words from template.json: "anatomical (tibial landmarks)", or the
+    fallback and why (the landmarks were not found), or None without a record."""
+    path = WorkPaths(work).preprocess / "template.json"
+    try:
+        frame = json.loads(path.read_text(encoding="utf-8")).get("anatomical_frame")
+    except (OSError, ValueError):
+        return None
+    if not frame:
+        return None
+    status = str(frame.get("status", ""))
+    if status.startswith("fallback") or frame.get("reason"):
+        return f"fallback: group mean frame kept ({frame.get('reason', 'landmarks not found')})"
+    return "anatomical (tibial landmarks)"
+
+
 def _templates_for(
     work: Path,
     config: PreprocessConfig,
@@ -479,6 +496,7 @@ def run_preprocess(
     config: PreprocessConfig | None = None,
     template: Path | None = None,
     template_only: bool = False,
+    bundle: Path | None = None,
 ) -> dict[str, Any]:
     """Run the preprocess stage on a work folder; returns counts and timings.
 
@@ -486,9 +504,12 @@ def run_preprocess(
     building one; ``template_only`` builds (or checks) the work folder's template and stops, so
     shards launched afterwards share it. Raises PreprocessInputError for missing inputs and
     CacheMismatchError for a cache built with another configuration or template (or corrupt);
-    earlier output is never half-overwritten.
+    earlier output is never half-overwritten. ``bundle`` (a model bundle) is the reference of the
+    protocol check (else the cohort's own median; protocol_check.py).
     """
     work = Path(work)
+    if bundle is not None:
+        bundle_acquisition(Path(bundle))  # refuse an unreadable bundle before any work
     config = config or PreprocessConfig(register=register)
     if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
         raise ValueError(f"shard must be i/n with 0 <= i < n, got {shard[0]}/{shard[1]}")
@@ -507,6 +528,9 @@ def run_preprocess(
         try:
             template_start, template_cpu = time.perf_counter(), time.process_time()
             config, _ = _templates_for(work, config, subjects, folders, centres, pool, template)
+            frame_line = _frame_status(work) if config.register else None
+            if frame_line:
+                summary["template_frame"] = frame_line
             summary["template_seconds"] = round(time.perf_counter() - template_start, 2)
             main_cpu = time.process_time() - template_cpu  # includes the tasks when run in-process
             summary["template_cpu_seconds"] = round(main_cpu + (pool.cpu_seconds if pool.count > 1 else 0), 2)
@@ -556,6 +580,17 @@ def run_preprocess(
             summary["qc_label_dependent"] = len(warnings)
             for line in warnings:
                 console.print(f"[bold red]warning:[/bold red] {safe(line)}")
+            knees = [
+                (s, side, folders[(s, side)]) for s in subjects for side in KNEES if (s, side) in folders
+            ]
+            _, protocol_lines = check_protocol(work, knees, Path(bundle) if bundle else None)
+            summary["protocol_mismatch"] = len(protocol_lines)
+            for line in protocol_lines:
+                console.print(f"[bold yellow]warning:[/bold yellow] {safe(line)}")
+            if str(summary.get("template_frame", "")).startswith("fallback"):
+                console.print(
+                    f"[bold yellow]warning:[/bold yellow] template frame {safe(summary['template_frame'])}"
+                )
         summary["peak_rss_main_mb"] = round(_own_peak_mb(), 1)
         summary["step_seconds"] = round(time.perf_counter() - step_start, 2)
         if todo:  # the whole step: template, pool start, subjects and merge
@@ -564,7 +599,17 @@ def run_preprocess(
             {
                 k: v
                 for k, v in summary.items()
-                if k in ("subjects", "processed", "recomputed", "skipped", "qc_pass", "qc_label_dependent")
+                if k
+                in (
+                    "subjects",
+                    "processed",
+                    "recomputed",
+                    "skipped",
+                    "qc_pass",
+                    "qc_label_dependent",
+                    "protocol_mismatch",
+                    "template_frame",
+                )
             }
         )
         if summary.get("knees_per_s"):

@@ -152,7 +152,16 @@ def check_motion(images: Sequence[np.ndarray], spacing_col_mm: float, threshold:
 def check_contrast(
     stack: np.ndarray, valid: np.ndarray, spacing_mm: float, limits: dict[str, float], qc: KneeQC
 ) -> None:
-    """Flag a bright sub-region (high contrast) or a large void inside the knee (foreign object)."""
+    """Flag a bright sub-region (high contrast) or a large void inside the knee (foreign object).
+
+    High contrast is measured against the knee's brightest tissue, not its average tissue: the
+    reference is the median over the window's slices of each slice's 99.8th percentile, which
+    is the fluid (or, without fat suppression, fat) level of that knee. Fluid is the brightest
+    tissue of an intermediate/T2-weighted series whatever its amount, so a knee with a large
+    effusion is not brighter than its reference; a region whose contrast was amplified is (its
+    bright tissue goes beyond ``bright_ratio`` x the brightest tissue). A median over slices is
+    not moved by an artifact confined to a few slices.
+    """
     if not valid.any():
         return
     tissue = stack[valid]
@@ -161,12 +170,13 @@ def check_contrast(
     if reference <= 0:
         return
     pixel_area = spacing_mm**2
-    bright = tissue > limits["bright_ratio"] * reference
+    brightest = float(np.median(np.percentile(tissue.reshape(tissue.shape[0], -1), 99.8, axis=1)))
+    bright = tissue > limits["bright_ratio"] * brightest
     bright_area = bright.reshape(bright.shape[0], -1).sum(axis=1).max() * pixel_area
-    if bright_area > limits["bright_area_mm2"]:
+    if brightest > 0 and bright_area > limits["bright_area_mm2"]:
         qc.flag(
             "high_contrast",
-            f"{bright_area:.0f} mm2 brighter than {limits['bright_ratio']:g}x the tissue level",
+            f"{bright_area:.0f} mm2 brighter than {limits['bright_ratio']:g}x the knee's brightest tissue",
         )
     # A void: a dark region too thick for normal dark anatomy (cortex, tendons, menisci, the PCL
     # are at most ~7 mm thick), enclosed by the knee (air outside the leg does not count).

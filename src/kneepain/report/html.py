@@ -368,7 +368,31 @@ def _show_qc(section: Section, frame: pd.DataFrame, audit_path: Path | None = No
         else:
             section.text("No manual QC decision differs from the automatic one.")
     if audit_path is not None:
+        _show_template_frame(section, audit_path.parent / "template.json")
         _show_qc_audit(section, audit_path)
+
+
+def _show_template_frame(section: Section, template_json: Path) -> None:
+    """Which frame the registration template is in (preprocess/template.json): the anatomical one
+    (tibial landmarks) or, when the landmarks were not found, the group's mean frame and why."""
+    try:
+        frame = json.loads(template_json.read_text(encoding="utf-8")).get("anatomical_frame")
+    except (OSError, ValueError):
+        return
+    if not frame:
+        return
+    if frame.get("status") == "found":
+        section.text(
+            "Registration frame: anatomical (the template's tibial plateau levelled, its eminence as the "
+            f"centre; tilt {fmt(frame.get('plateau_angle_deg'), 2)} deg removed)."
+        )
+    else:
+        reason = frame.get("reason", "no reason given")
+        section.text(
+            f"Registration frame: the anatomical landmarks were not found ({reason}); "
+            "the template keeps the group's mean frame (preprocess/template.json). Knees are aligned with "
+            "each other as before; only the frame's absolute tilt and position are the group's mean pose."
+        )
 
 
 def _show_qc_audit(section: Section, audit_path: Path) -> None:

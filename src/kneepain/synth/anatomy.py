@@ -69,6 +69,13 @@ class KneeAnatomy:
     fat_mm: float = 10.0
     leg_scale: float = 1.0
     cartilage_scale: float = 1.0
+    # The challenge phantom's extra freedoms (kneepain.synth.challenge); the defaults are the
+    # original phantom, shape for shape.
+    ml_shift_mm: float = 0.0  # middle of the soft-tissue envelope's medial-lateral extent (u, mm)
+    fluid_mm: float = 1.2  # thickness of the normal fluid film in the recesses
+    tibial_slope_deg: float = 0.0  # posterior slope of the tibial plateau
+    vein: bool = False  # paint the popliteal vein beside the artery
+    recess_top: float = 45.0  # upper end of the suprapatellar recess (bone units): a large effusion lifts it
 
     def femoral_condyle(self, u: float) -> tuple[float, float] | None:
         """(radius, lateral sign) of the condyle cut at ``u`` (bone units), or None in the notch."""
@@ -82,10 +89,11 @@ class KneeAnatomy:
     def tibial_top(self, y: np.ndarray, u: float) -> np.ndarray:
         """Height of the tibial plateau (bone units): medial concave, lateral convex, spines centrally."""
         bowl = np.clip(1 - (y / 24.0) ** 2, 0, None)
+        drop = np.tan(np.radians(self.tibial_slope_deg)) * np.clip(y, -30, 30)
         if abs(u) < NOTCH_HALF_WIDTH:
             spine = 4.5 * np.exp(-(((abs(u) - 4.0) / 2.5) ** 2)) * np.exp(-((y / 7.0) ** 2))
-            return -5.0 + spine
-        return -4.0 - 1.2 * bowl if u < 0 else -4.0 + 1.0 * bowl
+            return -5.0 + spine - drop
+        return (-4.0 - 1.2 * bowl if u < 0 else -4.0 + 1.0 * bowl) - drop
 
     def grid(self, y: np.ndarray, z: np.ndarray) -> dict[str, np.ndarray]:
         """Everything about a knee's pixel grid that does not change from slice to slice.
@@ -112,9 +120,12 @@ class KneeAnatomy:
             "notch": (yb > -16) & (yb < 26) & (zb > -8) & (zb < 32),
             "hoffa": _convex_polygon(yb, zb, [(-38.0, 9.0), (-30.0, -22.0), (-17.0, -6.0), (-14.0, 8.0)]),
             "vessel": np.abs(yb - 40.0) < 3.0,
+            "vein": _ellipse(yb, zb, 46.0, 6.0, 4.0, 60.0) < 1,
+            "slope_drop": np.float32(np.tan(np.radians(self.tibial_slope_deg))) * np.clip(yb, -30, 30),
             "femur_half_ap": 14.0 + 9.0 * np.clip((62.0 - zb) / 35.0, 0, 1),
-            "recess_z": (zb > 26) & (zb < 45),  # x bone_scale (<= 1.15): within 52 mm of the joint
-            "effusion_taper": np.clip((45 - zb) / 6, 0, 1) * np.clip((zb - 26) / 4, 0, 1),
+            # x bone_scale (<= 1.15): within 52 mm of the joint (the default recess_top)
+            "recess_z": (zb > 26) & (zb < self.recess_top),
+            "effusion_taper": np.clip((self.recess_top - zb) / 6, 0, 1) * np.clip((zb - 26) / 4, 0, 1),
             "r_condyle": np.hypot(yb - cy, zb - cz),
             "behind": (yb > cy + 6) & (zb > 6) & (zb < 42),
             "condyle_cartilage_arc": (zb < cz + 4) | (yb > cy + 8),
@@ -158,9 +169,10 @@ class KneeAnatomy:
 
         # --- soft-tissue envelope: skin, subcutaneous fat, muscle -----------------------------
         leg_half_ml = 66.0 * self.leg_scale + self.fat_mm
-        if abs(u) >= leg_half_ml:
+        leg_u = u - self.ml_shift_mm if self.ml_shift_mm else u
+        if abs(leg_u) >= leg_half_ml:
             return labels
-        shape = np.sqrt(1 - (u / leg_half_ml) ** 2)
+        shape = np.sqrt(1 - (leg_u / leg_half_ml) ** 2)
         depth = (55.0 * self.leg_scale + self.fat_mm) * shape + g["leg_z"] * shape - g["abs_y"]
         paint(depth > 0, Tissue.SKIN)
         paint(depth > 1.5, Tissue.SUBCUTANEOUS_FAT)
@@ -178,23 +190,27 @@ class KneeAnatomy:
             paint(g["hoffa"], Tissue.HOFFA_FAT)
         if abs(ub) < 4:
             paint(g["vessel"], Tissue.VESSEL)  # popliteal artery flow void
+        if self.vein and -3.0 < ub < 7.0:
+            paint(g["vein"], Tissue.VESSEL)  # popliteal vein, posterior-lateral of the artery
 
         # --- joint recesses (thin film of fluid; effusion distends them) ----------------------
         if abs(ub) < 22:
             front = -g["femur_half_ap"] - yb  # distance in front of the femur's anterior cortex
-            paint(g["recess_z"] & (front > 0) & (front < 1.2), Tissue.FLUID)
+            film = self.fluid_mm
+            paint(g["recess_z"] & (front > 0) & (front < film), Tissue.FLUID)
             if effusion_mm > 0:
-                reach = 1.2 + effusion_mm * g["effusion_taper"]
-                paint(g["recess_z"] & (front >= 1.2) & (front < reach), Tissue.EFFUSION)
+                reach = film + effusion_mm * g["effusion_taper"]
+                paint(g["recess_z"] & (front >= film) & (front < reach), Tissue.EFFUSION)
         condyle = self.femoral_condyle(ub)
         cz = CONDYLE_CENTRE[1]
         cart = CARTILAGE_MM * self.cartilage_scale
         r = g["r_condyle"]
         if condyle is not None:
             radius = condyle[0]
-            paint(g["behind"] & (r > radius + cart) & (r < radius + cart + 1.0), Tissue.FLUID)
+            back = 1.0 if self.fluid_mm == 1.2 else 0.8 * self.fluid_mm
+            paint(g["behind"] & (r > radius + cart) & (r < radius + cart + back), Tissue.FLUID)
             if effusion_mm > 0 and abs(u) < EFFUSION_MAX_LATERAL:
-                outer = radius + cart + 1.0 + 0.6 * effusion_mm
+                outer = radius + cart + back + 0.6 * min(effusion_mm, 13.0)
                 paint(g["behind"] & (r >= radius + cart + 1.0) & (r < outer), Tissue.EFFUSION)
 
         # --- tendons --------------------------------------------------------------------------
@@ -208,6 +224,8 @@ class KneeAnatomy:
             top = -5.0 + 4.5 * float(np.exp(-(((abs(ub) - 4.0) / 2.5) ** 2))) * g["spine_y"]
         else:
             top = -4.0 - 1.2 * g["bowl"] if ub < 0 else -4.0 + 1.0 * g["bowl"]
+        if self.tibial_slope_deg:
+            top = top - g["slope_drop"]  # the plateau falls posteriorly
         if condyle is not None and 10 < abs(ub) < 41:
             above = zb - (top + cart)
             post_h = g["post_h"] * (1.15 if ub < 0 else 1.0)

@@ -24,12 +24,12 @@ from kneepain import __version__
 from kneepain.console import progress, stage
 from kneepain.fileio import atomic_dir, remove_stale_temporaries, write_csv, write_json, write_text
 from kneepain.synth import acquisition as acq
-from kneepain.synth import difficulty
+from kneepain.synth import challenge, difficulty
 from kneepain.synth.anatomy import KneeAnatomy
 from kneepain.synth.artifacts import draw_artifact
 from kneepain.synth.clinical_writer import write_clinical
 from kneepain.synth.dicom_writer import SeriesInfo, write_series
-from kneepain.synth.lesions import place_lesions
+from kneepain.synth.lesions import effusion_mm, place_lesions
 from kneepain.synth.population import (
     PROPORTIONS,
     Person,
@@ -85,24 +85,34 @@ def knee_anatomy(person: Person, rng: np.random.Generator) -> KneeAnatomy:
     )
 
 
-def synthesize_subject(task: tuple[int, int, str, int, str, str]) -> SubjectResult:
+def synthesize_subject(task: tuple[int, int, str, int, str, str, str]) -> SubjectResult:
     """Draw, render and write one subject (both knees' series and masks); return its records."""
-    seed, index, subject_id, count, proportions_name, root = task
+    seed, index, subject_id, count, proportions_name, root, phantom = task
     proportions = PROPORTIONS[proportions_name]
     person = draw_person(seed, index, subject_id, count, proportions)
     _, rng = subject_streams(seed, index)
     anatomy = knee_anatomy(person, rng)
+    crng = challenge.challenge_rng(seed, index) if phantom == "challenge" else None
+    if crng is not None:
+        anatomy = challenge.widen_anatomy(anatomy, crng)
     series_numbers = [int(n) for n in 10_000_000 + rng.choice(9_000_000, size=4, replace=False)]
     result = SubjectResult(person=person)
     for k, side in enumerate(("left", "right")):
         pose = acq.draw_pose(rng)
         signal = acq.draw_acquisition(rng)
-        lesions = place_lesions(rng, person.knees[side].severities, anatomy)
+        knee, knee_shape = None, anatomy
+        if crng is not None:
+            knee = challenge.draw_knee(crng)
+            knee_shape = challenge.knee_anatomy(anatomy, knee)
+            pose = challenge.place_series(pose, knee, side)
+        lesions = place_lesions(rng, person.knees[side].severities, knee_shape)
+        if knee is not None:
+            knee_shape = challenge.knee_anatomy(anatomy, knee, effusion_mm(lesions) * knee.effusion_scale)
         artifact = draw_artifact(rng, proportions.artifact_per_knee, pose.n_slices, pose.centre_slice)
         barcode = f"0166{int(rng.integers(0, 10**8)):08d}"
         if not person.knees[side].has_series:
             continue
-        image = render_knee(rng, anatomy, pose, signal, lesions, side, artifact)
+        image = render_knee(rng, knee_shape, pose, signal, lesions, side, artifact, knee, crng)
         sagittal = _sagittal_info(person, side, barcode, series_numbers[2 * k], pose.n_slices, seed)
         coronal = dataclasses.replace(
             sagittal,
@@ -128,6 +138,13 @@ def synthesize_subject(task: tuple[int, int, str, int, str, str]) -> SubjectResu
             )
         mask_rel = Path("masks") / f"{subject_id}_{side}.npz"
         write_mask_npz(Path(root) / "truth" / mask_rel, image.mask, image.kept)
+        extra: dict[str, object] = {}
+        if knee is not None and image.vessels is not None:
+            vessel_rel = Path("vessels") / f"{subject_id}_{side}.npz"
+            write_mask_npz(
+                Path(root) / "truth" / vessel_rel, image.vessels, image.kept, challenge.VESSEL_LABELS
+            )
+            extra = challenge.truth_columns(knee, pose, side, knee_shape, image, vessel_rel.as_posix())
         result.means[side] = float(image.pixels.mean())
         result.artifacts[side] = artifact.kind if artifact else ""
         result.knee_rows.append(
@@ -148,7 +165,8 @@ def synthesize_subject(task: tuple[int, int, str, int, str, str]) -> SubjectResu
                 "mean_intensity": round(result.means[side], 3),
                 "n_slices_planned": pose.n_slices,
                 "mask_path": mask_rel.as_posix(),
-                "bone_scale": round(anatomy.bone_scale, 4),
+                "bone_scale": round(knee_shape.bone_scale, 4),
+                **extra,
             }
         )
     return result
@@ -230,11 +248,19 @@ def _check_output(out: Path) -> None:
 
 
 def generate_cohort(
-    out: Path, subjects: int, seed: int, *, workers: int | None = None, proportions: str = "training"
+    out: Path,
+    subjects: int,
+    seed: int,
+    *,
+    workers: int | None = None,
+    proportions: str = "training",
+    phantom: str = "default",
 ) -> dict:
     """Write a synthetic OAI-format cohort of ``subjects`` participants to ``out``; return the summary.
 
     ``proportions`` is ``"training"`` (mostly unilateral pain) or ``"paper"`` (the paper's funnel).
+    ``phantom`` is ``"default"`` or ``"challenge"`` (kneepain.synth.challenge: fat-suppressed
+    contrast, large effusions, the PCL off the knee's middle, ...).
     The same arguments give byte-identical files whatever ``workers`` is.
     """
     out = Path(out)
@@ -242,13 +268,15 @@ def generate_cohort(
         raise ValueError(f"subjects must be at least 1, got {subjects}")
     if proportions not in PROPORTIONS:
         raise ValueError(f"proportions must be one of {sorted(PROPORTIONS)}, got {proportions!r}")
+    if phantom not in challenge.PHANTOMS:
+        raise ValueError(f"phantom must be one of {list(challenge.PHANTOMS)}, got {phantom!r}")
     _check_output(out)
     workers = max(1, min(workers or os.cpu_count() or 1, subjects))
     ids = subject_ids(seed, subjects)
     # A killed earlier synth of the same folder left its half-written temporary beside it.
     remove_stale_temporaries(Path(out).parent, names={Path(out).name})
     with stage("synth") as info, atomic_dir(out) as tmp:
-        tasks = [(seed, i, ids[i], subjects, proportions, str(tmp)) for i in range(subjects)]
+        tasks = [(seed, i, ids[i], subjects, proportions, str(tmp), phantom) for i in range(subjects)]
         index_rows: list[list[str]] = []
         subject_rows: list[dict[str, object]] = []
         knee_rows: list[dict[str, object]] = []
@@ -286,8 +314,11 @@ def generate_cohort(
         subjects_frame = pd.DataFrame(subject_rows, columns=SUBJECT_COLUMNS)
         subjects_frame["label"] = subjects_frame["label"].astype("Int64")
         write_csv(tmp / "truth" / "subjects.csv", subjects_frame)
-        write_csv(tmp / "truth" / "knees.csv", pd.DataFrame(knee_rows, columns=KNEE_COLUMNS))
+        columns = KNEE_COLUMNS + (challenge.TRUTH_COLUMNS if phantom == "challenge" else [])
+        write_csv(tmp / "truth" / "knees.csv", pd.DataFrame(knee_rows, columns=columns))
         summary = _summary(seed, subjects, proportions, subjects_frame, knee_rows, shortcut)
+        if phantom == "challenge":
+            summary["phantom"] = challenge.summary(knee_rows)
         write_json(tmp / "truth" / "summary.json", summary)
         info["subjects"] = subjects
         info["knee series"] = len(knee_rows)

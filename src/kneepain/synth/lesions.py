@@ -97,13 +97,15 @@ def apply_lesions(
     u: float,
     lesions: list[Lesion],
     anatomy: KneeAnatomy,
+    fat_suppressed: bool = False,
 ) -> np.ndarray:
     """Change ``intensity`` in place for the lesions cut by the slice at ``u``; return the label mask.
 
     Effusion is drawn by the anatomy (label EFFUSION); the others alter the tissue they sit in:
     BML brightens subchondral marrow with a soft edge, Hoffa-synovitis darkens Hoffa's fat,
     cartilage loss replaces a cartilage patch by fluid, meniscal damage is a bright line through
-    the dark posterior horn.
+    the dark posterior horn. With ``fat_suppressed`` (the challenge phantom) Hoffa-synovitis is
+    bright oedema in the dark, suppressed fat pad instead.
     """
     mask = np.zeros(labels.shape, dtype=np.uint8)
     mask[labels == Tissue.EFFUSION] = 1
@@ -119,6 +121,8 @@ def apply_lesions(
             inside = labels == tissue
             if les.code == 2:
                 intensity[inside] += (0.40 + 0.1 * les.severity) * profile[inside]
+            elif fat_suppressed:
+                intensity[inside] += (0.35 + 0.2 * les.severity) * profile[inside]
             else:
                 intensity[inside] *= 1.0 - 0.7 * profile[inside]
             mask[inside & (profile > 0.45)] = les.code

@@ -10,6 +10,7 @@ import numpy as np
 from kneepain.synth import acquisition as acq
 from kneepain.synth.anatomy import TISSUE_INTENSITY, TISSUE_TEXTURE, KneeAnatomy, Tissue
 from kneepain.synth.artifacts import Artifact, apply_artifact
+from kneepain.synth.challenge import FAT_SUPPRESSED_TEXTURE, PARTIAL_VOLUME_MM, ChallengeKnee, intensity_table
 from kneepain.synth.lesions import Lesion, apply_lesions, effusion_mm
 
 _CORTEX_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
@@ -22,6 +23,9 @@ class KneeImage:
     pixels: np.ndarray  # uint16 (slices, ROWS, COLS)
     mask: np.ndarray  # uint8 (slices, ROWS, COLS), codes of kneepain.synth.lesions.MASK_LABELS
     kept: list[int]  # original slice index of each kept slice (a gap where slices are missing)
+    vessels: np.ndarray | None = None  # challenge phantom: uint8 popliteal vessel mask, like ``mask``
+    effusion_ml: float = 0.0  # challenge phantom: rendered volume of effusion (label EFFUSION)
+    fluid_ml: float = 0.0  # challenge phantom: rendered volume of the normal fluid film (label FLUID)
 
 
 def lateral_offset(pose: acq.Pose, index: int, side: str) -> float:
@@ -42,8 +46,18 @@ def render_knee(
     lesions: list[Lesion],
     side: str,
     artifact: Artifact | None,
+    challenge: ChallengeKnee | None = None,
+    challenge_rng: np.random.Generator | None = None,
 ) -> KneeImage:
-    """Render one knee series deterministically from ``rng`` and the drawn parameters."""
+    """Render one knee series deterministically from ``rng`` and the drawn parameters.
+
+    With ``challenge`` (and its own ``challenge_rng``) the knee is rendered by the challenge
+    phantom (kneepain.synth.challenge): fat-suppressed contrast, partial volume, finer texture.
+    """
+    if challenge is not None:
+        return _render_challenge(
+            rng, challenge_rng, anatomy, pose, acquisition, lesions, side, artifact, challenge
+        )
     y, z = acq.anatomical_grid(pose)
     n = pose.n_slices
     h, w = y.shape
@@ -68,16 +82,85 @@ def render_knee(
         signal[index] = acq.upsample(intensity) * bias
         mask[index] = acq.upsample_mask(lesion_mask)
 
+    pixels, kept = _acquire(rng, signal, acquisition, artifact)
+    return KneeImage(pixels=pixels, mask=mask[kept], kept=kept)
+
+
+def _acquire(
+    rng: np.random.Generator, signal: np.ndarray, acquisition: acq.Acquisition, artifact: Artifact | None
+) -> tuple[np.ndarray, list[int]]:
+    """Scale, artifact, noise and quantisation of a noise-free signal volume; (pixels, kept slices)."""
     signal *= acq.FULL_SCALE * acquisition.scale
-    kept = list(range(n))
+    kept = list(range(signal.shape[0]))
     if artifact is not None:
         if artifact.kind == "missing_slices":
             kept = [i for i in kept if i not in artifact.slices]
         else:
             apply_artifact(signal, artifact)
     signal = signal[kept]
-    pixels = acq.quantise(acq.rician(signal, acquisition.noise_sd, rng))
-    return KneeImage(pixels=pixels, mask=mask[kept], kept=kept)
+    return acq.quantise(acq.rician(signal, acquisition.noise_sd, rng)), kept
+
+
+def _render_challenge(
+    rng: np.random.Generator,
+    crng: np.random.Generator | None,
+    anatomy: KneeAnatomy,
+    pose: acq.Pose,
+    acquisition: acq.Acquisition,
+    lesions: list[Lesion],
+    side: str,
+    artifact: Artifact | None,
+    knee: ChallengeKnee,
+) -> KneeImage:
+    """The challenge phantom's rendering: each slice the mean of two sections 1.5 mm apart (partial
+    volume across the 3 mm slice), fat-suppressed intensities, a coarse plus a fine texture."""
+    crng = crng if crng is not None else np.random.default_rng(0)
+    y, z = acq.anatomical_grid(pose)
+    n = pose.n_slices
+    h, w = y.shape
+    coarse = crng.standard_normal((n, h // 4, w // 4), dtype=np.float32)
+    fine = crng.standard_normal((n, h // 2, w // 2), dtype=np.float32)
+    bias = acq.bias_field(acquisition, (acq.ROWS, acq.COLS))
+    swell = effusion_mm(lesions) * knee.effusion_scale
+    table = intensity_table(knee)
+    section_ml = (acq.PIXEL_MM * acq.RENDER_FACTOR) ** 2 * (acq.SLICE_MM / len(PARTIAL_VOLUME_MM)) / 1000.0
+    signal = np.empty((n, acq.ROWS, acq.COLS), dtype=np.float32)
+    mask = np.empty((n, acq.ROWS, acq.COLS), dtype=np.uint8)
+    vessels = np.empty((n, acq.ROWS, acq.COLS), dtype=np.uint8)
+    grid = anatomy.grid(y, z)
+    effusion_px = fluid_px = 0
+    for index in range(n):
+        u = lateral_offset(pose, index, side)
+        texture = 0.7 * cv2.resize(coarse[index], (w, h), interpolation=cv2.INTER_CUBIC)
+        texture += 0.7 * cv2.resize(fine[index], (w, h), interpolation=cv2.INTER_CUBIC)
+        intensity = np.zeros((h, w), dtype=np.float32)
+        lesion_mask = np.zeros((h, w), dtype=np.uint8)
+        vessel = np.zeros((h, w), dtype=np.uint8)
+        for du in PARTIAL_VOLUME_MM:
+            labels = anatomy.slice_labels(grid, u + du, effusion_mm=swell)
+            marrow = (labels == Tissue.MARROW).astype(np.uint8)
+            inner = cv2.erode(marrow, _CORTEX_KERNEL, iterations=2)
+            labels[(marrow > 0) & (inner == 0)] = Tissue.CORTEX
+            section = table[labels] * (1.0 + FAT_SUPPRESSED_TEXTURE[labels] * texture)
+            found = apply_lesions(section, labels, y, z, u + du, lesions, anatomy, fat_suppressed=True)
+            np.maximum(lesion_mask, found, out=lesion_mask)
+            vessel |= (labels == Tissue.VESSEL).astype(np.uint8)
+            effusion_px += int(np.count_nonzero(labels == Tissue.EFFUSION))
+            fluid_px += int(np.count_nonzero(labels == Tissue.FLUID))
+            intensity += section / len(PARTIAL_VOLUME_MM)
+        intensity = cv2.GaussianBlur(np.clip(intensity, 0.0, None), (0, 0), 0.6)
+        signal[index] = acq.upsample(intensity) * bias
+        mask[index] = acq.upsample_mask(lesion_mask)
+        vessels[index] = acq.upsample_mask(vessel)
+    pixels, kept = _acquire(rng, signal, acquisition, artifact)
+    return KneeImage(
+        pixels=pixels,
+        mask=mask[kept],
+        kept=kept,
+        vessels=vessels[kept],
+        effusion_ml=round(effusion_px * section_ml, 2),
+        fluid_ml=round(fluid_px * section_ml, 2),
+    )
 
 
 CORONAL_SIZE = 256

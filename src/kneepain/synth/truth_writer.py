@@ -12,16 +12,19 @@ from kneepain.synth.lesions import MASK_LABELS
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
 
-def write_mask_npz(path: Path, mask: np.ndarray, kept: list[int]) -> None:
+def write_mask_npz(
+    path: Path, mask: np.ndarray, kept: list[int], labels: dict[int, str] | None = None
+) -> None:
     """Save a lesion label volume as ``.npz`` (arrays ``mask``, ``labels``, ``kept``).
 
     ``numpy.savez_compressed`` stamps each member with the current time, which breaks
     byte-identical output; this writes the same format with a fixed timestamp. ``labels`` holds
-    strings ``"<code>:<name>"``; ``kept`` the original slice index of each mask slice.
+    strings ``"<code>:<name>"`` (the lesion codes unless ``labels`` names others, e.g. the challenge
+    phantom's vessel masks); ``kept`` the original slice index of each mask slice.
     """
     arrays = {
         "mask": np.ascontiguousarray(mask, dtype=np.uint8),
-        "labels": np.array([f"{code}:{name}" for code, name in MASK_LABELS.items()]),
+        "labels": np.array([f"{code}:{name}" for code, name in (labels or MASK_LABELS).items()]),
         "kept": np.asarray(kept, dtype=np.int16),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
