@@ -6,10 +6,15 @@ Flags (each with a reason string that goes on record):
 - ``missing_slices``: a gap in slice positions (> gap_ratio x the usual spacing) inside the window.
 - ``blank_slices``: a slice in the window with almost no signal variation.
 - ``registration_failed``: ECC did not converge, the fit is poor, or the pose is implausible.
-- ``misalignment``: a slice's pose departs from the rest of its knee (motion within the scan).
+- ``misalignment``: more than ``max_fallback_slices`` slices depart from their knee's pose (motion
+  within the scan).
 - ``motion``: ghost copies of the anatomy along the phase-encoding (column) direction.
 - ``foreign_object``: a large signal void inside the knee (metal).
-- ``high_contrast``: a sub-region far brighter than the knee's tissue.
+- ``high_contrast``: a sub-region far brighter than the knee's brightest tissue (fluid, or fat
+  without fat suppression).
+
+The limits are ``PreprocessConfig.qc``; docs/preprocess.md (step 6) gives each rule's quantity,
+default and why it should not depend on pain.
 """
 
 from __future__ import annotations
@@ -188,8 +193,9 @@ def check_contrast(
 def largest_void_mm2(
     stack: np.ndarray, reference: float, spacing_mm: float, level: float, width_mm: float
 ) -> float:
-    """Largest area (mm2, any slice) of signal below ``level x reference`` that survives a
-    morphological opening with a disk of ``width_mm`` and lies inside the filled knee outline."""
+    """Largest area (mm2, in one slice) of signal below ``level x reference`` that survives a
+    morphological opening with a disk about ``width_mm`` wide (an odd number of pixels) and lies
+    inside the filled knee outline; measured at half resolution on every other slice."""
     import cv2
 
     # Half resolution and every other slice: a foreign object spans several slices and > 10 mm.
