@@ -1,19 +1,20 @@
-"""Cross-validation and single-split training runs: folds, a bundle per fold, out-of-fold table.
+"""Cross-validation and single-split training runs: a plan of folds, a bundle per fold, predictions.
 
-``run_cv`` writes WORK/runs/<run>/ (docs/contracts.md): run.json, folds.json, fold_XX/bundle,
-fold_XX/metrics.jsonl, fold_XX/predictions.csv and predictions.csv (every subject exactly once,
-split ``test``). ``run_split`` does the same for the paper's 70/15/15 review split (one "fold").
-A run is checked before anything is written, and every file is written atomically, so a bad
-input or a NaN loss stops the run with a clear message and no half-written bundle.
+``plan_cv`` / ``plan_split`` make a :class:`RunPlan` (the train / validation / test subjects of
+each fold) and ``run`` trains it; ``run_cv`` and ``run_split`` do both. A run writes
+WORK/runs/<run>/ (docs/contracts.md): run.json, folds.json, fold_XX/bundle, fold_XX/metrics.jsonl,
+fold_XX/predictions.csv and predictions.csv (every test subject exactly once, split ``test``).
+folds.json is written once, when the run starts; ``--resume`` reads it back and trains exactly
+its parts. A run is checked before anything is written, and every file is written atomically,
+so a bad input or a NaN loss stops the run with a clear message and no half-written bundle.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,104 +32,48 @@ from kneepain.contracts import (
     RUN_INFO,
     SPLIT_FILE,
     WorkPaths,
-    open_cache,
-    training_table,
 )
 from kneepain.fileio import remove_stale_temporaries, write_csv, write_json
 from kneepain.hardware import PrecisionChoice, resolve_precision
 from kneepain.model.bundle import read_bundle_meta, save_bundle
 from kneepain.model.siamese import ModelConfig, build_model
-from kneepain.protocol import summarize_acquisition
 from kneepain.train.data import CacheBatches
 from kneepain.train.folds import (
+    SPLITS,
     SplitError,
     balance_report,
-    check_folds,
-    hold_out,
-    make_folds,
     read_folds,
     stratified_split,
     write_folds,
 )
+from kneepain.train.inputs import (
+    RunInputError,
+    cache_fingerprint,
+    check_same_cache,
+    load_inputs,
+    training_acquisition,
+    training_table_hash,
+)
 from kneepain.train.loop import Dist, TrainingError, auc_or_nan, init_distributed, pick_device, predict
+from kneepain.train.plan import Parts, RunPlan, check_plan, plan_cv, plan_split
 from kneepain.train.recipe import Part, remove_checkpoints, train_model
 from kneepain.workers import kill_point
 
+__all__ = [
+    "RunInputError",
+    "RunPlan",
+    "bundle_templates",
+    "cache_fingerprint",
+    "plan_cv",
+    "plan_split",
+    "run",
+    "run_cv",
+    "run_split",
+    "write_fold_bundle",
+    "write_split",
+]
+
 BALANCE_TABLE = "split_balance.csv"
-INFORMATIVE_CACHE_KEYS = ("package_version", "subjects")
-
-
-class RunInputError(ValueError):
-    """The work folder or the requested run cannot be used as asked (the message says why)."""
-
-
-def cache_fingerprint(work: Path) -> dict[str, Any]:
-    """WORK/preprocess/config.json without its informative keys: two caches must match on this."""
-    path = WorkPaths(work).cache_config
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise RunInputError(
-            f"{path}: preprocessing configuration not found (run `kneepain preprocess`)"
-        ) from error
-    except ValueError as error:
-        raise RunInputError(f"{path}: not valid JSON ({error})") from error
-    return {k: v for k, v in config.items() if k not in INFORMATIVE_CACHE_KEYS}
-
-
-def check_same_cache(stored: dict[str, Any], current: dict[str, Any], where: Path) -> None:
-    """Refuse a cache built with another preprocessing configuration than ``where`` records."""
-    stored = {k: v for k, v in stored.items() if k not in INFORMATIVE_CACHE_KEYS}
-    if stored != current:
-        keys = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
-        if keys == ["content_sha256"]:
-            raise RunInputError(
-                f"{where}: was made from another version of the slice cache (same configuration, but "
-                "the cache was rebuilt since: its inputs changed); start a new run (--run NAME) or "
-                "pass --overwrite to train again from the current cache"
-            )
-        raise RunInputError(
-            f"{where}: was made from a slice cache with another preprocessing configuration "
-            f"(differs in {keys}); use a new run name or rebuild the cache as it was"
-        )
-
-
-def training_table_hash(table: pd.DataFrame) -> str:
-    """Hash of who is trained on, with which cache row and label: a resumed run must see the same."""
-    rows = table[["subject_id", "row", "label"]].astype(str).values.tolist()
-    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
-
-
-def training_acquisition(work: Path, table: pd.DataFrame) -> dict[str, Any] | None:
-    """The acquisition (slice thickness, pixel spacing) of the series of the subjects in ``table``."""
-    path = WorkPaths(work).series_table
-    if not path.exists():
-        return None
-    return summarize_acquisition(pd.read_csv(path, dtype={"subject_id": str}), table["subject_id"])
-
-
-def load_inputs(work: Path, model: str) -> tuple[pd.DataFrame, np.ndarray, dict[str, Any]]:
-    """Training table, memory-mapped cache and cache fingerprint, checked against each other."""
-    paths = WorkPaths(work)
-    for needed in (paths.cohort_table, paths.cache_index, paths.cache_array):
-        if not needed.exists():
-            raise RunInputError(f"{needed}: not found (run ingest and preprocess first)")
-    try:
-        table = training_table(work, model)
-        cache = open_cache(paths.cache_array)
-    except ValueError as error:
-        raise RunInputError(str(error)) from error
-    if table.empty:
-        raise RunInputError(f"{paths.cohort_table}: no Model {model} member has a QC-passed cache row")
-    too_far = table.loc[table["row"] >= cache.shape[0], "subject_id"].tolist()
-    if too_far:
-        raise RunInputError(
-            f"{paths.cache_array}: {cache.shape[0]} rows, but subjects {too_far[:10]} point past it"
-        )
-    bad = table.loc[~table["label"].isin([0, 1]), "subject_id"].tolist()
-    if bad:
-        raise RunInputError(f"{paths.cohort_table}: label must be 0 or 1; subjects {bad[:10]}")
-    return table, cache, cache_fingerprint(work)
 
 
 def bundle_templates(work: Path, fingerprint: dict[str, Any]) -> np.ndarray | None:
@@ -162,40 +107,6 @@ def bundle_templates(work: Path, fingerprint: dict[str, Any]) -> np.ndarray | No
     return templates
 
 
-def _run_record(
-    kind: str,
-    work: Path,
-    model: str,
-    folds: int,
-    seed: int,
-    config: RunConfig,
-    train_config: TrainConfig,
-    precision: PrecisionChoice,
-    fingerprint: dict[str, Any],
-    subjects: int,
-) -> dict[str, Any]:
-    """run.json's content for a cross-validation (``cv``) or single-split (``split``) run.
-
-    ``config`` is the configuration as given (precision ``auto`` stays ``auto``); ``training`` the
-    loop's flat record with the precision resolved; ``precision`` the choice and its reason.
-    """
-    return {
-        "kind": kind,
-        "work": str(work.resolve()),
-        "training_table_sha256": "",  # filled in by the caller (training_table_hash)
-        "model": model,
-        "folds": folds,
-        "seed": seed,
-        "config": config.to_json(),
-        "precision": precision.to_json(),
-        "architecture": config.model.to_json(),
-        "training": train_config.to_json(),
-        "preprocessing": fingerprint,
-        "package_version": __version__,
-        "subjects": subjects,
-    }
-
-
 def write_fold_bundle(
     net: torch.nn.Module,
     bundle: Path,
@@ -225,14 +136,48 @@ def write_fold_bundle(
     return save_bundle(net.cpu(), meta, bundle, templates=templates)
 
 
-def _part(table: pd.DataFrame, ids: list[str]) -> Part:
-    rows = table.set_index("subject_id").loc[ids]
+def _part(table: pd.DataFrame, ids: tuple[str, ...]) -> Part:
+    rows = table.set_index("subject_id").loc[list(ids)]
     return Part(rows["row"].to_numpy(np.int64), rows["label"].to_numpy(np.int64))
 
 
-def _prepare_run_dir(run_dir: Path, record: dict[str, Any], resume: bool, overwrite: bool) -> None:
-    """Check a resumed run matches (cache, model, folds, configuration); refuse clobbering otherwise."""
-    info = run_dir / RUN_INFO
+def _run_record(
+    plan: RunPlan,
+    config: RunConfig,
+    train_config: TrainConfig,
+    precision: PrecisionChoice,
+    fingerprint: dict[str, Any],
+    table: pd.DataFrame,
+) -> dict[str, Any]:
+    """run.json's content for a cross-validation (``cv``) or single-split (``split``) run.
+
+    ``config`` is the configuration as given (precision ``auto`` stays ``auto``); ``training`` the
+    loop's flat record with the precision resolved; ``precision`` the choice and its reason.
+    """
+    return {
+        "kind": plan.kind,
+        "work": str(plan.work.resolve()),
+        "training_table_sha256": training_table_hash(table),
+        "model": plan.model,
+        "folds": plan.folds,
+        "seed": plan.seed,
+        "config": config.to_json(),
+        "precision": precision.to_json(),
+        "architecture": config.model.to_json(),
+        "training": train_config.to_json(),
+        "preprocessing": fingerprint,
+        "package_version": __version__,
+        "subjects": len(plan.predicted),
+    }
+
+
+def _prepare_run_dir(plan: RunPlan, record: dict[str, Any], resume: bool, overwrite: bool) -> None:
+    """Check a resumed run matches (cache, training table, settings); refuse clobbering otherwise.
+
+    A split run's folder already holds its split.json: it is never replaced, only refused when a
+    model was trained in it.
+    """
+    info = plan.run_dir / RUN_INFO
     if resume:
         if not info.exists():
             raise RunInputError(f"{info}: nothing to resume")
@@ -253,51 +198,63 @@ def _prepare_run_dir(run_dir: Path, record: dict[str, Any], resume: bool, overwr
                 raise RunInputError(
                     f"{info}: the run was started with {key} = {stored.get(key)!r}, not {record.get(key)!r}"
                 )
-        remove_stale_temporaries(run_dir, recursive=True)
-    elif run_dir.exists() and any(run_dir.iterdir()):
+        remove_stale_temporaries(plan.run_dir, recursive=True)
+    elif plan.kind == "split":
+        if info.exists():
+            raise RunInputError(
+                f"{info}: a model was already trained in this run; pass --resume or use another run"
+            )
+    elif plan.run_dir.exists() and any(plan.run_dir.iterdir()):
         if not overwrite:
             raise RunInputError(
-                f"{run_dir}: run exists; pass --resume to continue it or --overwrite to replace it"
+                f"{plan.run_dir}: run exists; pass --resume to continue it or --overwrite to replace it"
             )
-        shutil.rmtree(run_dir)
+        shutil.rmtree(plan.run_dir)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What every fold of a run shares: training table, cache, its fingerprint and templates,
+    the cohort's acquisition and the configuration recorded in each bundle."""
+
+    table: pd.DataFrame
+    cache: np.ndarray
+    fingerprint: dict[str, Any]
+    templates: np.ndarray | None
+    acquisition: dict[str, Any] | None
+    config: RunConfig
+    train_config: TrainConfig
 
 
 def _train_one(
     k: int,
-    run_dir: Path,
-    table: pd.DataFrame,
-    cache: np.ndarray,
-    ids: dict[str, list[str]],
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    fingerprint: dict[str, Any],
-    templates: np.ndarray | None,
+    part: Parts,
+    plan: RunPlan,
+    inputs: _Inputs,
     *,
-    model: str,
     resume: bool,
     device: torch.device,
     dist: Dist,
     show_progress: bool,
-    acquisition: dict[str, Any] | None = None,
-    config_record: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """Train fold ``k`` (ids: train / validation / test) and return its test predictions."""
-    fold_dir = run_dir / f"fold_{k:02d}"
+    """Train fold ``k`` on its parts and return its test predictions (a finished fold is read back)."""
+    fold_dir = plan.run_dir / f"fold_{k:02d}"
     bundle = fold_dir / "bundle"
     preds_path = fold_dir / PREDICTIONS_TABLE
     if resume and (bundle / "model.json").exists() and preds_path.exists():
         check_same_cache(
-            read_bundle_meta(bundle).get("preprocessing", {}), fingerprint, bundle / "model.json"
+            read_bundle_meta(bundle).get("preprocessing", {}), inputs.fingerprint, bundle / "model.json"
         )
         return pd.read_csv(preds_path, dtype={"subject_id": str})
-    config = train_config.__class__.from_json({**train_config.to_json(), "seed": train_config.seed + k})
+    base = inputs.train_config
+    config = base.__class__.from_json({**base.to_json(), "seed": base.seed + k})
     torch.manual_seed(config.seed)
-    net = build_model(model_config)
-    val = _part(table, ids["validation"]) if ids["validation"] else None
+    net = build_model(inputs.config.model)
+    val = _part(inputs.table, part.validation) if part.validation else None
     summary = train_model(
         net,
-        cache,
-        _part(table, ids["train"]),
+        inputs.cache,
+        _part(inputs.table, part.train),
         val,
         config,
         fold_dir,
@@ -307,29 +264,33 @@ def _train_one(
         show_progress=show_progress,
     )
     net.eval()
-    test = _part(table, ids["test"])
+    test = _part(inputs.table, part.test)
     batches = CacheBatches(
-        cache, test.rows, test.labels, batch_size=config.batch_size, input_size=model_config.input_size
+        inputs.cache,
+        test.rows,
+        test.labels,
+        batch_size=config.batch_size,
+        input_size=inputs.config.model.input_size,
     )
     prob, label, loss = predict(net, batches, device)
     if not np.all(np.isfinite(prob)):
         raise TrainingError(f"fold {k}: non-finite test probabilities; bundle not written")
     frame = pd.DataFrame(
-        {"subject_id": ids["test"], "fold": k, "split": "test", "prob_right": prob, "label": label}
+        {"subject_id": list(part.test), "fold": k, "split": "test", "prob_right": prob, "label": label}
     )
     if dist.is_main:
         write_fold_bundle(
             net,
             bundle,
-            fingerprint=fingerprint,
-            templates=templates,
+            fingerprint=inputs.fingerprint,
+            templates=inputs.templates,
             training=config.to_json(),
-            cohort_model=model,
+            cohort_model=plan.model,
             fold=k,
             summary=summary,
             test_loss=loss,
-            acquisition=acquisition,
-            config=config_record,
+            acquisition=inputs.acquisition,
+            config=inputs.config.to_json(),
         )
         kill_point("cv:bundle_written")
         write_csv(preds_path, frame[PREDICTION_COLUMNS])
@@ -365,6 +326,73 @@ def _device_and_precision(config: RunConfig) -> tuple[torch.device, Dist, TrainC
     return device, init_distributed(device), replace(train_config, precision=choice.precision), choice
 
 
+def _barrier(dist: Dist) -> None:
+    if dist.world > 1:
+        import torch.distributed as td
+
+        td.barrier()
+
+
+def run(
+    plan: RunPlan,
+    config: RunConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> Path:
+    """Train ``plan`` (a bundle and test predictions per fold, then predictions.csv); returns its folder.
+
+    Before anything is written: the inputs, a resumed run's run.json (same cache, training table
+    and settings) and the plan against the training table are checked. folds.json is written when
+    the plan was not read from it, so a run's folds are made once. Under torchrun every process
+    trains (DDP); only rank 0 writes.
+    """
+    table, cache, fingerprint = load_inputs(plan.work, plan.model)
+    templates = bundle_templates(plan.work, fingerprint)
+    device, dist, train_config, precision = _device_and_precision(config)
+    record = _run_record(plan, config, train_config, precision, fingerprint, table)
+    run_dir, folds_path = plan.run_dir, plan.run_dir / FOLDS_FILE
+    if dist.is_main:
+        _prepare_run_dir(plan, record, resume, overwrite)
+    check_plan(plan, table)
+    if dist.is_main:
+        write_json(run_dir / RUN_INFO, {**record, "status": "running"})
+        if plan.source != folds_path:
+            write_folds(
+                folds_path,
+                [list(part.test) for part in plan.parts],
+                plan.seed,
+                validation=[list(part.validation) for part in plan.parts],
+                train=[list(part.train) for part in plan.parts],
+            )
+    _barrier(dist)
+    start = time.perf_counter()
+    # series.csv is read once for every fold's bundle
+    inputs = _Inputs(
+        table, cache, fingerprint, templates, training_acquisition(plan.work, table), config, train_config
+    )
+    frames = []
+    for k, part in enumerate(plan.parts):
+        frame = _train_one(
+            k, part, plan, inputs, resume=resume, device=device, dist=dist, show_progress=show_progress
+        )
+        frames.append(frame)
+        kill_point("cv:fold_done")
+        if dist.is_main:
+            auc = auc_or_nan(frame["label"].to_numpy(), frame["prob_right"].to_numpy())
+            console.print(
+                f"fold {k}: {len(frame)} test subjects, AUC {auc:.3f}, {time.perf_counter() - start:.0f} s"
+            )
+    _finish(run_dir, frames, plan.predicted, dist)
+    if dist.is_main:
+        read_folds(folds_path)
+        write_json(
+            run_dir / RUN_INFO, {**record, "status": "complete", "seconds": time.perf_counter() - start}
+        )
+    return run_dir
+
+
 def run_cv(
     work: Path,
     run_name: str,
@@ -381,82 +409,19 @@ def run_cv(
 
     ``config`` is a preset name (paper, small, tiny) or TOML file, a RunConfig, or a
     (ModelConfig, TrainConfig) pair; ``seed`` (of the folds) defaults to its ``runtime.seed``.
-    Under torchrun every process trains (DDP); only rank 0 writes.
     """
-    work = Path(work)
-    model = model.upper()
     run_config = _run_config(config)
     seed = run_config.runtime.seed if seed is None else seed
-    model_config = run_config.model
-    table, cache, fingerprint = load_inputs(work, model)
-    ids, labels = table["subject_id"].tolist(), table["label"].to_numpy()
-    try:
-        fold_ids = make_folds(ids, labels, folds, seed)
-        plans = []
-        for k, test_ids in enumerate(fold_ids):
-            rest = table[~table["subject_id"].isin(test_ids)]
-            train_ids, val_ids = hold_out(
-                rest["subject_id"].tolist(), rest["label"].to_numpy(), run_config.data.val_fraction, seed + k
-            )
-            plans.append({"train": train_ids, "validation": val_ids, "test": test_ids})
-        check_folds(fold_ids, ids, where=f"{run_name} folds")
-    except SplitError as error:
-        raise RunInputError(f"{WorkPaths(work).cohort_table} (Model {model}): {error}") from error
-    run_dir = WorkPaths(work).runs / run_name
-    templates = bundle_templates(work, fingerprint)
-    device, dist, train_config, precision = _device_and_precision(run_config)
-    record = _run_record(
-        "cv", work, model, folds, seed, run_config, train_config, precision, fingerprint, len(ids)
+    plan = plan_cv(
+        work,
+        run_name,
+        folds=folds,
+        model=model,
+        seed=seed,
+        val_fraction=run_config.data.val_fraction,
+        resume=resume,
     )
-    record["training_table_sha256"] = training_table_hash(table)
-    if dist.is_main:
-        _prepare_run_dir(run_dir, record, resume, overwrite)
-        write_json(run_dir / RUN_INFO, {**record, "status": "running"})
-        write_folds(run_dir / FOLDS_FILE, fold_ids, seed, validation=[p["validation"] for p in plans])
-    _barrier(dist)
-    start = time.perf_counter()
-    acquisition = training_acquisition(work, table)  # series.csv read once for every fold's bundle
-    frames = []
-    for k, plan in enumerate(plans):
-        frame = _train_one(
-            k,
-            run_dir,
-            table,
-            cache,
-            plan,
-            model_config,
-            train_config,
-            fingerprint,
-            templates,
-            model=model,
-            resume=resume,
-            device=device,
-            dist=dist,
-            show_progress=show_progress,
-            acquisition=acquisition,
-            config_record=record["config"],
-        )
-        frames.append(frame)
-        kill_point("cv:fold_done")
-        if dist.is_main:
-            auc = auc_or_nan(frame["label"].to_numpy(), frame["prob_right"].to_numpy())
-            console.print(
-                f"fold {k}: {len(frame)} test subjects, AUC {auc:.3f}, {time.perf_counter() - start:.0f} s"
-            )
-    _finish(run_dir, frames, ids, dist)
-    if dist.is_main:
-        read_folds(run_dir / FOLDS_FILE)
-        write_json(
-            run_dir / RUN_INFO, {**record, "status": "complete", "seconds": time.perf_counter() - start}
-        )
-    return run_dir
-
-
-def _barrier(dist: Dist) -> None:
-    if dist.world > 1:
-        import torch.distributed as td
-
-        td.barrier()
+    return run(plan, run_config, resume=resume, overwrite=overwrite, show_progress=show_progress)
 
 
 def write_split(
@@ -472,9 +437,7 @@ def write_split(
     run_dir = WorkPaths(work).runs / run_name
     if (run_dir / SPLIT_FILE).exists() and not overwrite:
         raise RunInputError(f"{run_dir / SPLIT_FILE}: exists; pass --overwrite to replace it")
-    groups = {
-        name: sorted(table.loc[assignment == name, "subject_id"]) for name in ("train", "validation", "test")
-    }
+    groups = {name: sorted(table.loc[assignment == name, "subject_id"]) for name in SPLITS}
     write_json(
         run_dir / SPLIT_FILE,
         {"seed": seed, "model": model.upper(), "stratified_by": ["sex", "age", "bmi"], **groups},
@@ -498,61 +461,9 @@ def run_split(
     Writes the split first when runs/<run>/split.json is absent; predictions.csv holds the test
     part only (split ``test``), fold_00/bundle the model.
     """
-    work = Path(work)
-    model = model.upper()
     run_config = _run_config(config)
     seed = run_config.runtime.seed if seed is None else seed
-    model_config = run_config.model
-    run_dir = WorkPaths(work).runs / run_name
-    if not (run_dir / SPLIT_FILE).exists():
+    if not (WorkPaths(Path(work)).runs / run_name / SPLIT_FILE).exists():
         write_split(work, run_name, model=model, seed=seed)
-    split = json.loads((run_dir / SPLIT_FILE).read_text(encoding="utf-8"))
-    table, cache, fingerprint = load_inputs(work, model)
-    check_folds([split["train"], split["validation"], split["test"]], where=str(run_dir / SPLIT_FILE))
-    missing = sorted(set(split["train"] + split["validation"] + split["test"]) - set(table["subject_id"]))
-    if missing:
-        raise RunInputError(f"{run_dir / SPLIT_FILE}: subjects {missing[:10]} are not in the training table")
-    for name in ("train", "test"):
-        if table[table["subject_id"].isin(split[name])]["label"].nunique() < 2:
-            raise RunInputError(f"{run_dir / SPLIT_FILE}: the {name} part has one class only")
-    templates = bundle_templates(work, fingerprint)
-    device, dist, train_config, precision = _device_and_precision(run_config)
-    record = _run_record(
-        "split", work, model, 1, seed, run_config, train_config, precision, fingerprint, len(split["test"])
-    )
-    record["training_table_sha256"] = training_table_hash(table)
-    info = run_dir / RUN_INFO
-    if resume:
-        _prepare_run_dir(run_dir, record, True, False)
-    elif info.exists():
-        raise RunInputError(
-            f"{info}: a model was already trained in this run; pass --resume or use another run"
-        )
-    if dist.is_main:
-        write_json(info, {**record, "status": "running"})
-        write_folds(run_dir / FOLDS_FILE, [split["test"]], seed, validation=[split["validation"]])
-    _barrier(dist)
-    start = time.perf_counter()
-    acquisition = training_acquisition(work, table)
-    frame = _train_one(
-        0,
-        run_dir,
-        table,
-        cache,
-        split,
-        model_config,
-        train_config,
-        fingerprint,
-        templates,
-        model=model,
-        resume=resume,
-        device=device,
-        dist=dist,
-        show_progress=show_progress,
-        acquisition=acquisition,
-        config_record=record["config"],
-    )
-    _finish(run_dir, [frame], split["test"], dist)
-    if dist.is_main:
-        write_json(info, {**record, "status": "complete", "seconds": time.perf_counter() - start})
-    return run_dir
+    plan = plan_split(work, run_name, model=model, seed=seed, resume=resume)
+    return run(plan, run_config, resume=resume, show_progress=show_progress)

@@ -58,18 +58,22 @@ def check_folds(folds: list[list[str]], subject_ids: list[str] | None = None, wh
 
 
 def write_folds(path: Path, folds: list[list[str]], seed: int, **extra: Any) -> None:
-    """folds.json: seed and the test subject ids of each fold (checked first)."""
+    """folds.json: seed, the test subject ids of each fold (checked first) and ``extra`` keys
+    (a run adds each fold's ``validation`` and ``train`` ids, so a resumed run reads its parts back)."""
     check_folds(folds, where=str(path))
     write_json(path, {"seed": seed, "n_folds": len(folds), "folds": folds, **extra})
 
 
 def read_folds(path: Path) -> dict[str, Any]:
-    """Read folds.json and check it has no overlap."""
+    """Read folds.json and check its test folds are lists of ids with no subject in two of them."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise SplitError(f"{path}: unreadable folds file ({error})") from error
-    check_folds(data["folds"], where=str(path))
+    folds = data.get("folds") if isinstance(data, dict) else None
+    if not isinstance(folds, list) or not all(isinstance(fold, list) for fold in folds):
+        raise SplitError(f"{path}: 'folds' must be a list of lists of subject ids")
+    check_folds(folds, where=str(path))
     return data
 
 
