@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kneepain.bench.machine import usable_cores
 from kneepain.bench.report import OK
 from kneepain.bench.workspace import Workspace
+from kneepain.hardware import usable_cores
 
 
 def slice_files(series_dirs: list[Path]) -> list[Path]:

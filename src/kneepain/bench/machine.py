@@ -7,6 +7,8 @@ import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kneepain.hardware import usable_cores
+
 if TYPE_CHECKING:
     import torch
 
@@ -28,14 +30,6 @@ def load_average() -> list[float] | None:
         return [round(value, 2) for value in os.getloadavg()]
     except OSError:
         return None
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask, not the machine's total)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kneepain.bench.machine import usable_cores
 from kneepain.bench.workspace import Workspace
+from kneepain.hardware import usable_cores
 
 
 class PreprocessChildError(RuntimeError):

@@ -43,7 +43,7 @@ def _marked_synthetic(obj: Any) -> bool:
     return False
 
 
-def _truth_beside(path: Path) -> Path | None:
+def truth_beside(path: Path) -> Path | None:
     """The synthetic generator's ``truth/`` folder beside the ``images/`` folder holding ``path``."""
     if (path / "images").is_dir() and (path / "truth").is_dir():  # the cohort root itself
         return path / "truth"
@@ -83,7 +83,7 @@ def synthetic_evidence(run_info: dict[str, Any], work: Path) -> list[str]:
         series = pd.read_csv(paths.series_table, usecols=lambda c: c == "path", dtype=str, nrows=5)
         images += [Path(p) for p in series.get("path", pd.Series(dtype=str)).dropna()]
     for image_path in images:
-        truth = _truth_beside(image_path)
+        truth = truth_beside(image_path)
         if truth is not None:
             reasons.append(f"a synthetic-generator truth folder exists: {truth}")
             break

@@ -203,7 +203,7 @@ def training_seconds(options: PaperOptions, subject_epochs: float, branch: str =
 
 def truth_folder(work: Path) -> Path | None:
     """The synthetic generator's truth/ folder beside the images the ingest read (None for real data)."""
-    from kneepain.evaluate.provenance import _truth_beside  # proposed public: truth_beside
+    from kneepain.evaluate.provenance import truth_beside
 
     series = WorkPaths(work).series_table
     if not series.exists():
@@ -212,7 +212,7 @@ def truth_folder(work: Path) -> Path | None:
 
     paths = pd.read_csv(series, usecols=["path"], dtype=str, nrows=5)["path"].dropna()
     for path in paths:
-        truth = _truth_beside(Path(path))
+        truth = truth_beside(Path(path))
         if truth is not None:
             return truth
     return None

@@ -255,14 +255,6 @@ def check_cache(work: Path, config: PreprocessConfig | None = None) -> Preproces
     return stored
 
 
-def save_template(work: Path, templates: np.ndarray) -> Path:
-    """Store the registration templates (23, field, field) float32 beside the cache (replacing)."""
-    target = WorkPaths(Path(work)).preprocess / TEMPLATE_FILE
-    with fileio.atomic_path(target) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, templates.astype(np.float32))
-    return target
-
-
 def store_template_once(work: Path, templates: np.ndarray, record: dict[str, Any]) -> np.ndarray:
     """Store the templates unless the work folder already holds some, and return the stored ones.
 

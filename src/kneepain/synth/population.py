@@ -12,13 +12,8 @@ from datetime import date, timedelta
 
 import numpy as np
 
-LESION_TYPES = (
-    "effusion_synovitis",
-    "bone_marrow_lesion",
-    "hoffa_synovitis",
-    "cartilage_loss",
-    "meniscal_damage",
-)
+# Every per-knee lesion array here (``severities`` and the two below) is indexed by lesion type:
+# effusion-synovitis, bone marrow lesion, Hoffa-synovitis, cartilage loss, meniscal damage.
 # How much each lesion type adds to a knee's burden per unit severity: roughly how much image area
 # it changes, so the burden the pain label follows is something a CNN can see.
 BURDEN_WEIGHTS = np.array([1.0, 1.0, 0.8, 0.8, 0.6])
