@@ -88,3 +88,23 @@ def test_small_counts_need_the_test_or_five_exclusions() -> None:
     assert rule.flags(excluded=6, p_value=0.3, rate_ratio=1 / 3.0)
     assert rule.flags(excluded=2, p_value=0.01, rate_ratio=1.1)
     assert not rule.flags(excluded=40, p_value=0.4, rate_ratio=1.2)
+
+
+def test_the_warning_says_which_criterion_fired() -> None:
+    """A significant difference 'depends on pain'; a large ratio over few exclusions (the challenge
+    cohort's 6/252 painful vs 2/252 other knees, p 0.29) only 'may depend', with its ratio."""
+    rows = [
+        {"rule": "motion", "comparison": KNEES_COMPARISON, "excluded_a": 40, "n_a": 252, "excluded_b": 5,
+         "n_b": 252, "rate_a": 40 / 252, "rate_b": 5 / 252, "rate_ratio": 8.0, "p_value": 1e-8,
+         "label_dependent": True},
+        {"rule": "final decision", "comparison": KNEES_COMPARISON, "excluded_a": 6, "n_a": 252,
+         "excluded_b": 2, "n_b": 252, "rate_a": 6 / 252, "rate_b": 2 / 252, "rate_ratio": 3.0,
+         "p_value": 0.285, "label_dependent": True},
+        {"rule": "blank_slices", "comparison": SUBJECTS_COMPARISON, "excluded_a": 1, "n_a": 115,
+         "excluded_b": 1, "n_b": 135, "rate_a": 1 / 115, "rate_b": 1 / 135, "rate_ratio": 1.17,
+         "p_value": 1.0, "label_dependent": False},
+    ]  # fmt: skip
+    significant, weak = audit_warnings(pd.DataFrame(rows))
+    assert "'motion'" in significant and "the exclusion depends on pain;" in significant
+    assert "'final decision'" in weak and "may depend on pain (rate ratio 3 over 8 exclusions" in weak
+    assert "p = 0.285" in weak

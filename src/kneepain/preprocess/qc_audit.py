@@ -114,15 +114,28 @@ def audit_qc(qc: pd.DataFrame, cohort: pd.DataFrame, criteria: AuditRule | None 
     return pd.DataFrame(rows, columns=AUDIT_COLUMNS)
 
 
-def audit_warnings(audit: pd.DataFrame) -> list[str]:
-    """One plain sentence per label-dependent row, for the console and the report."""
+def audit_warnings(audit: pd.DataFrame, criteria: AuditRule | None = None) -> list[str]:
+    """One plain sentence per label-dependent row, for the console and the report: which rule,
+    the two exclusion rates, and which criterion fired (a significant difference, or a large
+    rate ratio over enough exclusions that is not significant on its own)."""
+    criteria = criteria or AuditRule()
     lines = []
     for row in audit[audit["label_dependent"].astype(bool)].itertuples(index=False):
-        groups = ("painful", "other knees") if row.comparison == KNEES_COMPARISON else ("label 1", "label 0")
+        knees = row.comparison == KNEES_COMPARISON
+        groups = ("painful knees", "other knees") if knees else ("right-painful", "left-painful")
+        what = "pain" if knees else "the painful side"
+        excluded = row.excluded_a + row.excluded_b
+        ratio = "infinite" if math.isinf(row.rate_ratio) else f"{row.rate_ratio:.2g}"
+        verdict = (
+            f"the exclusion depends on {what}"
+            if row.p_value < criteria.alpha
+            else f"the exclusion may depend on {what} (rate ratio {ratio} over {excluded} exclusions; "
+            f"not significant alone)"
+        )
         lines.append(
             f"QC rule '{row.rule}' excludes {row.rate_a:.1%} of {groups[0]} ({row.excluded_a}/{row.n_a}) "
             f"vs {row.rate_b:.1%} of {groups[1]} ({row.excluded_b}/{row.n_b}), Fisher p = {row.p_value:.3g}: "
-            "the exclusion depends on pain; review these knees (--qc-overrides re-admits them)"
+            f"{verdict}; review these knees (--qc-overrides re-admits them)"
         )
     return lines
 
