@@ -104,7 +104,7 @@ def network_before_after(bundle: Path, repeats: int) -> dict[str, Any]:
     channels_last.channels_last = True
     prepared, _ = load_bundle(bundle)
     start, cpu = time.perf_counter(), time.process_time()
-    prepare_for_inference(prepared)
+    prepared = prepare_for_inference(prepared)
     preparation = {"wall": time.perf_counter() - start, "cpu": time.process_time() - cpu}
 
     def before() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -41,6 +40,7 @@ from kneepain.cam.localization import (
 )
 from kneepain.cam.stage import run_cam_stage
 from kneepain.cli import app
+from kneepain.model import Bundle, InputSpec
 
 SUBJECTS = ["9000001", "9000002", "9000003", "9000004"]
 FOLDS = [0, 1, 0, 1]
@@ -64,10 +64,10 @@ class PooledIntensityNet(torch.nn.Module):
         return cams.mean(dim=(2, 3, 4)), cams
 
 
-def load_test_bundle(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Bundle loader for the stand-in model: the factor is recorded in model.json."""
+def load_test_bundle(path: Path) -> Bundle:
+    """Bundle loader for the stand-in model: the factor (and input size) are recorded in model.json."""
     meta = json.loads((path / "model.json").read_text())
-    return PooledIntensityNet(meta["factor"]), meta
+    return Bundle(path, PooledIntensityNet(meta["factor"]), meta, InputSpec(meta.get("input_size", 224), 23))
 
 
 def make_run(root: Path) -> Path:
@@ -312,7 +312,7 @@ def test_bundle_asking_for_a_smaller_input_gets_resized_slices(tmp_path: Path) -
     for fold in (0, 1):
         meta_path = run / f"fold_{fold:02d}" / "bundle" / "model.json"
         meta = json.loads(meta_path.read_text())
-        meta_path.write_text(json.dumps({**meta, "preprocessing": {"image_size": 112}}))
+        meta_path.write_text(json.dumps({**meta, "input_size": 112}))
     summary = run_cam_stage(run, cache_masks=write_masks(tmp_path / "masks"), loader=load_test_bundle)
     cams = np.load(run / "cam" / "cams.npy")
     assert cams.shape == (4, 2, 23, 14, 14)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+import typer
 from typer.testing import CliRunner
 
 from kneepain import __version__
@@ -23,3 +25,10 @@ def test_help_runs_as_a_module() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "Stages pass files" in result.stdout
+
+
+def test_a_missing_command_module_is_an_import_error_not_a_missing_command() -> None:
+    from kneepain.cli import register_commands
+
+    with pytest.raises(ModuleNotFoundError, match=r"kneepain\.commands\.no_such_stage"):
+        register_commands(typer.Typer(), ("synth", "no_such_stage"))

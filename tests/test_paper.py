@@ -101,7 +101,7 @@ def study(cohort: Path) -> dict:
         },
     }
     finished = _paper(cohort, seed)
-    return {"work": cohort, "before": before, "finished": finished}
+    return {"work": cohort, "before": before, "finished": finished, "seed": seed}
 
 
 def test_killed_paper_resumes_without_redoing_finished_runs(study: dict) -> None:
@@ -193,6 +193,32 @@ def test_methods_paragraph_states_what_run_json_records(study: dict) -> None:
     (copy / "run.json").write_text(json.dumps(info))
     sentences = " ".join(methods_sentences({"edited": copy}))
     assert "123 epochs" in sentences and "edited (2-fold cross-validation of Model A" in sentences
+
+
+def test_review_database_gives_figure_3i_and_agreement(study: dict, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from kneepain.cam.compute import run_identity
+    from kneepain.review.store import ReviewStore
+
+    work = study["work"]
+    review = work / "runs" / "paper-review"
+    db = tmp_path / "review.sqlite"
+    store = ReviewStore(db, run_identity(review))
+    cases = pd.read_csv(review / "cam" / "index.csv", dtype={"subject_id": str})["subject_id"].tolist()
+    for reviewer, lesions in (("alice", ["effusion_synovitis"]), ("bob", ["bone_marrow_lesion"])):
+        store.add_account(reviewer, "reviewer")
+        for case in cases:
+            store.save(case, reviewer, lesions, "", 0)
+    out = tmp_path / "document"
+    arguments = ["paper", str(work), "--fast", "--with", "all", "--seed", str(study["seed"])]
+    result = CliRunner().invoke(app, [*arguments, "--review-db", str(db), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    html = (out / "paper.html").read_text()
+    assert "Reviewer alice" in html and "Reviewer bob" in html and "Agreement between reviewers" in html
+    assert f"{len(cases)} (100.0%)" in html  # alice saw effusion-synovitis in every case
+    assert "generator's lesion masks" not in html
+    assert (review / "review" / "lesion_table.csv").exists()
 
 
 def test_run_settings_reads_the_issue_20_layout() -> None:

@@ -187,7 +187,10 @@ def test_probability_equals_the_model_on_the_cache_row(cohort: Cohort, predictio
     _, document = prediction
     row = int(cohort.index.loc[cohort.index["subject_id"] == cohort.subject, "row"].iloc[0])
     model, meta = load_bundle(cohort.bundle)
-    x = to_input(np.array(open_cache(WorkPaths(cohort.work).cache_array)[row][None]), meta["input_size"])
+    x = to_input(
+        np.array(open_cache(WorkPaths(cohort.work).cache_array)[row][None]),
+        meta["architecture"]["input_size"],
+    )
     with torch.no_grad():
         expected = torch.softmax(model(x), dim=1)[0, 1].item()
     assert document["prob_right_painful"] == pytest.approx(expected, abs=1e-5)

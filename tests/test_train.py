@@ -264,7 +264,8 @@ def test_paper_mode_runs_end_to_end(work: Path, head: str) -> None:
     assert meta["architecture"]["head"] == head
     tested = predictions[predictions["fold"] == 0].merge(training_table(work, "B"), on="subject_id")
     x = to_input(
-        np.array(open_cache(WorkPaths(work).cache_array)[tested["row"].to_numpy()]), meta["input_size"]
+        np.array(open_cache(WorkPaths(work).cache_array)[tested["row"].to_numpy()]),
+        meta["architecture"]["input_size"],
     )
     with torch.no_grad():  # the fused classifier in the bundle gives the recorded predictions
         recomputed = torch.softmax(fitted(x), dim=1)[:, 1].numpy()
@@ -289,7 +290,8 @@ def test_ensemble_members_train_from_their_own_seeds_and_average(work: Path) -> 
         torch.testing.assert_close(ensemble.members[0].state_dict()[key], value, rtol=0, atol=0)
     tested = predictions[predictions["fold"] == 0].merge(training_table(work, "A"), on="subject_id")
     x = to_input(
-        np.array(open_cache(WorkPaths(work).cache_array)[tested["row"].to_numpy()]), meta["input_size"]
+        np.array(open_cache(WorkPaths(work).cache_array)[tested["row"].to_numpy()]),
+        meta["architecture"]["input_size"],
     )
     with torch.no_grad():
         logits = torch.stack([member(x) for member in ensemble.members])

@@ -105,11 +105,10 @@ def main(
     """kneepain: convolutional Siamese network for unilateral knee pain from bilateral knee MRI."""
 
 
-for _stage in STAGES:
-    try:
-        _module = importlib.import_module(f"kneepain.commands.{_stage}")
-    except ModuleNotFoundError as error:
-        if error.name != f"kneepain.commands.{_stage}":
-            raise
-        continue
-    _module.register(app)
+def register_commands(target: typer.Typer, stages: tuple[str, ...]) -> None:
+    """Add each stage's commands; a missing or broken command module raises ImportError (never skipped)."""
+    for stage in stages:
+        importlib.import_module(f"kneepain.commands.{stage}").register(target)
+
+
+register_commands(app, STAGES)

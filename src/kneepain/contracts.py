@@ -45,6 +45,7 @@ FOLDS_FILE = "folds.json"
 SPLIT_FILE = "split.json"  # a split run's train / validation / test subject ids
 BUNDLE_WEIGHTS = "model.safetensors"
 BUNDLE_META = "model.json"
+TEMPLATE_FILE = "template.npy"  # registration templates beside the cache, and in every bundle
 
 SERIES_COLUMNS = [
     "subject_id",

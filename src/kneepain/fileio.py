@@ -13,6 +13,7 @@ the files of a run still writing beside it (another shard, say).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 FILE_MODE = 0o666  # what open() asks for, before the umask
@@ -167,3 +169,20 @@ def write_csv(target: str | os.PathLike[str], frame: pd.DataFrame) -> None:
     """Write a table as CSV (no index column) to ``target`` atomically."""
     with atomic_path(target) as tmp:
         frame.to_csv(tmp, index=False)
+
+
+def array_sha256(array: np.ndarray) -> str:
+    """Content hash of an array (shape, dtype and bytes): how a cache, a run and a bundle pin the
+    registration templates they were made with."""
+    digest = hashlib.sha256()
+    digest.update(str((array.shape, str(array.dtype))).encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A pipe table of a small DataFrame (pandas' to_markdown needs tabulate, which we do not ship)."""
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"

@@ -20,7 +20,7 @@ from kneepain.bench.report import OK, failed, unavailable
 from kneepain.bench.workspace import BenchInputError, Workspace
 from kneepain.contracts import WorkPaths
 
-PRECISIONS = ("fp32", "bf16")
+MEASURED_PRECISIONS = ("fp32", "bf16")  # predict runs on the CPU: no fp16
 INFORMATIVE_KEYS = ("package_version", "subjects")
 
 
@@ -28,8 +28,8 @@ def make_bundle(work: Path, folder: Path, width: float, input_size: int) -> Path
     """A bundle of a fresh ``paper``-architecture network with ``work``'s preprocessing record."""
     import torch
 
+    from kneepain.config import preset
     from kneepain.model import build_model, save_bundle
-    from kneepain.train.loop import preset
 
     arch, train = preset("paper", {"width": width, "input_size": input_size})
     torch.manual_seed(0)
@@ -78,7 +78,7 @@ def measure_predict(
     left, right, subject = person_series(space, work)
     bundle = make_bundle(work, space.scratch / "predict_bundle", width, input_size)
     rows = []
-    for precision in PRECISIONS:
+    for precision in MEASURED_PRECISIONS:
         times: list[float] = []
         steps: list[dict[str, float]] = []
         try:

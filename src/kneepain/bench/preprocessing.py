@@ -9,31 +9,11 @@ the sum, since the workers' peaks need not coincide).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
+from kneepain.bench.preprocess_child import preprocess_in_child
 from kneepain.bench.workspace import Workspace
 from kneepain.hardware import usable_cores
-
-
-class PreprocessChildError(RuntimeError):
-    """The preprocessing child process failed; the message carries the end of its output."""
-
-
-def preprocess_in_child(work: Path, workers: int | None) -> dict[str, Any]:
-    """Run ``run_preprocess(work)`` in a new Python process; its summary plus wall time."""
-    out = work / "bench_preprocess.json"
-    command = [sys.executable, "-m", "kneepain.bench.preprocess_child", str(work), "--out", str(out)]
-    if workers:
-        command += ["--workers", str(workers)]
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
-    if completed.returncode != 0 or not out.exists():
-        tail = (completed.stderr or completed.stdout).strip()[-600:]
-        raise PreprocessChildError(f"preprocess of {work} exited {completed.returncode}: {tail}")
-    return json.loads(out.read_text())
 
 
 def measure_preprocessing(space: Workspace) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from kneepain.bench.report import OK, failed
 from kneepain.bench.workspace import BenchInputError, Workspace
 from kneepain.contracts import N_SLICES, WorkPaths, open_cache, training_table
 from kneepain.model.branches import build_branch
+from kneepain.model.inputs import resize
 
 
 @dataclass(frozen=True)
@@ -96,9 +97,7 @@ class PerSubjectFiles(torch.utils.data.Dataset):
         low = pair.min(axis=(1, 2), keepdims=True)
         high = pair.max(axis=(1, 2), keepdims=True)
         x = torch.from_numpy((pair - low) / np.maximum(high - low, 1e-6))
-        if x.shape[-1] != self.input_size:
-            x = functional.interpolate(x[None], size=(self.input_size,) * 2, mode="area")[0]
-        return x, int(self.labels[index])
+        return resize(x, self.input_size), int(self.labels[index])
 
 
 def write_subject_files(cache: np.ndarray, rows: np.ndarray, folder: Path) -> list[Path]:
@@ -199,8 +198,8 @@ def measure_published_vs_ours(
     space: Workspace, device: torch.device, options: ComparisonOptions
 ) -> dict[str, Any]:
     """Seconds per run of the published style, ours in paper mode and ours in joint mode."""
+    from kneepain.config import preset
     from kneepain.model import build_model
-    from kneepain.train.loop import preset
 
     work = space.cache_work()
     table = training_table(work, "A").head(options.subjects)

@@ -11,7 +11,6 @@ one run mean something.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
 import math
@@ -29,6 +28,7 @@ from torch.nn import functional
 from kneepain.bench.peak import forward_backward_flops, peak_flops
 from kneepain.bench.report import OK, failed, skipped
 from kneepain.contracts import N_SLICES
+from kneepain.hardware import autocast_for
 from kneepain.train.loop import backward_and_step
 
 CENTRE_LOCATION = N_SLICES // 2
@@ -100,13 +100,6 @@ def random_cache(folder: Path, rows: int, size: int) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _set_format(net: torch.nn.Module, channels_last: bool) -> None:
     net.channels_last = channels_last  # SiameseNet lays each input out the same way
     net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -140,7 +133,7 @@ def time_steps(
         x, y = next(stream)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         t1 = time.perf_counter()
-        with _autocast(setting.precision, device):
+        with autocast_for(setting.precision, device):
             loss = functional.cross_entropy(runner(x).float(), y)
         backward_and_step(loss, optimizer, scaler)
         if device.type == "cuda":

@@ -91,7 +91,7 @@ class Workspace:
         if WorkPaths(self.work).cache_array.exists():
             return self.work
         if self.preprocessed is None:
-            from kneepain.bench.preprocessing import preprocess_in_child
+            from kneepain.bench.preprocess_child import preprocess_in_child
 
             work = self.subset_work("cache", self.subjects)
             preprocess_in_child(work, self.workers)

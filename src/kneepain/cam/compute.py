@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,6 @@ from kneepain.contracts import (
     BUNDLE_META,
     CACHE_ARRAY,
     CACHE_INDEX,
-    IMAGE_SIZE,
     KNEES,
     LABEL_RIGHT_PAINFUL,
     N_SLICES,
@@ -60,7 +59,10 @@ CAM_INDEX_COLUMNS = [
     "cam_mean_other",
 ]
 
-BundleLoader = Callable[[Path], tuple[Any, dict[str, Any]]]
+if TYPE_CHECKING:
+    from kneepain.model.bundle import Bundle
+
+BundleLoader = Callable[[Path], "Bundle"]
 
 
 class CamInputError(ValueError):
@@ -140,34 +142,20 @@ def bundle_dir(run_dir: Path, fold: int) -> Path:
     return run_dir / f"fold_{fold:02d}" / "bundle"
 
 
-def model_input_size(meta: dict[str, Any]) -> int:
-    """The slice size a bundle's model expects (its preprocessing record), the cache's 224 when unstated."""
-    for holder in (meta, meta.get("preprocessing") or {}, meta.get("architecture") or {}):
-        if not isinstance(holder, dict):
-            continue
-        for key in ("input_size", "image_size"):
-            value = holder.get(key)
-            if isinstance(value, int):
-                return value
-            if isinstance(value, list | tuple) and value and isinstance(value[-1], int):
-                return int(value[-1])
-    return IMAGE_SIZE
-
-
 def best_slice(knee_cams: np.ndarray) -> int:
     """The paper's rule: the slice whose CAM has the highest mean (first one on ties)."""
     return int(np.argmax(knee_cams.reshape(knee_cams.shape[0], -1).mean(axis=1)))
 
 
 def default_loader() -> BundleLoader:
-    """``kneepain.model.load_bundle``, with a clear error when the model package is not available."""
+    """``kneepain.model.Bundle.load``, with a clear error when the model package is not available."""
     try:
-        from kneepain.model import load_bundle
+        from kneepain.model import Bundle
     except ImportError as error:
         raise CamInputError(
             f"cannot load model bundles: kneepain.model is not importable ({error})"
         ) from error
-    return load_bundle
+    return Bundle.load
 
 
 def compute_cams(
@@ -180,12 +168,12 @@ def compute_cams(
 ) -> CamResult:
     """Run each fold's bundle over its test subjects' cache rows and collect the raw CAMs.
 
-    ``loader(bundle_dir) -> (model, meta)`` defaults to ``kneepain.model.load_bundle``; the model
-    must offer ``forward_with_cams(x) -> (logits, cams)`` with cams (B, 2, 23, h, w). ``precision``
-    (auto: bf16 where the device computes it natively, else fp32) is recorded in the meta.
+    ``loader(bundle_dir) -> Bundle`` defaults to ``kneepain.model.Bundle.load``; the bundle's input
+    specification turns cache rows into the network's input, and its model must offer
+    ``forward_with_cams(x) -> (logits, cams)`` with cams (B, 2, 23, h, w). ``precision`` (auto:
+    bf16 where the device computes it natively, else fp32) is recorded in the meta.
     """
     import torch
-    from torch.nn import functional
 
     from kneepain.hardware import autocast_for, resolve_precision
 
@@ -209,24 +197,17 @@ def compute_cams(
         path = bundle_dir(run.run_dir, int(fold))
         if not (path / BUNDLE_META).exists():
             raise CamInputError(f"{path}: bundle of fold {fold} not found ({BUNDLE_META} missing)")
-        model, meta = load(path)
-        model = model.to(device).eval()
-        size = model_input_size(meta)
+        bundle = load(path)
+        model = bundle.model.to(device).eval()
         bundles[str(int(fold))] = {
             "path": str(path),
-            "input_size": size,
-            "architecture": meta.get("architecture"),
+            "input_size": bundle.input.size,
+            "architecture": bundle.meta.get("architecture"),
         }
         positions = rows.index.to_numpy()
         for start in range(0, len(positions), batch_size):
             chunk = positions[start : start + batch_size]
-            block = np.stack([cache[r] for r in run.subjects.loc[chunk, "cache_row"]])
-            x = torch.from_numpy(block.astype(np.float32) / 255.0)
-            if size != x.shape[-1]:
-                flat = x.reshape(-1, 1, *x.shape[-2:])
-                x = functional.interpolate(flat, size=(size, size), mode="area").reshape(
-                    *x.shape[:3], size, size
-                )
+            x = bundle.input.tensor(np.stack([cache[r] for r in run.subjects.loc[chunk, "cache_row"]]))
             with torch.inference_mode(), autocast_for(choice.precision, torch.device(device)):
                 _, batch_cams = model.forward_with_cams(x.to(device))
             batch_cams = batch_cams.float().cpu().numpy()

@@ -29,19 +29,11 @@ from kneepain.cam.localization import (
 )
 from kneepain.cam.overlay import GALLERY_DIR, write_overlays
 from kneepain.console import console, progress_counter, safe
-from kneepain.fileio import atomic_dir, write_csv, write_json, write_text
+from kneepain.fileio import atomic_dir, markdown_table, write_csv, write_json, write_text
 
 LOCALIZATION_TABLE = "localization.csv"
 LOCALIZATION_SUMMARY = "localization.json"
 LESION_TABLE = "lesion_table"  # .csv and .md
-
-
-def markdown_table(frame: Any) -> str:
-    """A pipe table of a small DataFrame (pandas' to_markdown needs tabulate, which we do not ship)."""
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body]) + "\n"
 
 
 def choose_masks(truth: Path | None, cache_masks: Path | None, work: Path) -> tuple[MaskSource | None, str]:

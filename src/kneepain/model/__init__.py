@@ -1,7 +1,8 @@
 """The Siamese network (branches, combination, CAMs) and its safetensors + JSON bundles."""
 
 from kneepain.model.branches import VGG16GAP, AlexNetGAP, KneeNet, build_branch, load_pretrained
-from kneepain.model.bundle import BundleError, load_bundle, read_bundle_meta, save_bundle
+from kneepain.model.bundle import Bundle, BundleError, load_bundle, read_bundle_meta, save_bundle
+from kneepain.model.inputs import InputSpec, to_input
 from kneepain.model.siamese import COMBINATIONS, MODES, ModelConfig, SiameseEnsemble, SiameseNet, build_model
 
 __all__ = [
@@ -9,7 +10,9 @@ __all__ = [
     "MODES",
     "VGG16GAP",
     "AlexNetGAP",
+    "Bundle",
     "BundleError",
+    "InputSpec",
     "KneeNet",
     "ModelConfig",
     "SiameseEnsemble",
@@ -20,4 +23,5 @@ __all__ = [
     "load_pretrained",
     "read_bundle_meta",
     "save_bundle",
+    "to_input",
 ]

@@ -9,18 +9,20 @@ file ``kneepain preprocess`` wrote beside the cache, loaded with ``allow_pickle=
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
 
 from kneepain import __version__
-from kneepain.contracts import BUNDLE_META, BUNDLE_WEIGHTS
-from kneepain.fileio import atomic_dir
+from kneepain.contracts import BUNDLE_META, BUNDLE_WEIGHTS, TEMPLATE_FILE
+from kneepain.fileio import array_sha256, atomic_dir
+from kneepain.model.inputs import InputSpec
 from kneepain.model.siamese import ModelConfig, SiameseEnsemble, SiameseNet, build_model
 
-BUNDLE_TEMPLATES = "template.npy"  # the same name as WORK/preprocess/template.npy
+BUNDLE_TEMPLATES = TEMPLATE_FILE  # the same name as WORK/preprocess/template.npy
 
 
 class BundleError(ValueError):
@@ -36,19 +38,18 @@ def save_bundle(
 ) -> Path:
     """Write ``out_dir/model.safetensors``, ``model.json`` and ``template.npy`` atomically (all or none).
 
-    ``meta`` should hold ``preprocessing`` (WORK/preprocess/config.json) and ``training``; the
-    architecture (model.json ``architecture``), ``input_size`` and package version are added here.
+    ``meta`` should hold ``preprocessing`` (WORK/preprocess/config.json), ``config`` (the run's
+    configuration) and ``training``; the architecture (model.json ``architecture``, which holds
+    the input size) and package version are added here.
     ``templates`` are the registration templates the preprocessing used; when the preprocessing
     record pins them by hash (``template_sha256``), a different array is refused before anything
     is written.
     """
     from safetensors.torch import save_file
 
-    from kneepain.preprocess.config import array_sha256
-
     record = dict(meta)
     record["architecture"] = {**model.config.to_json(), "name": "siamese"}
-    record["input_size"] = model.config.input_size
+    record.pop("input_size", None)  # stored once, in the architecture (older bundles had both)
     record["package_version"] = __version__
     record.setdefault("format", 1)
     record.pop("templates", None)  # describes this bundle's own file only, never one copied from another
@@ -148,8 +149,6 @@ def load_bundle_templates(path: str | Path, meta: dict[str, Any] | None = None) 
     BundleError naming the file when registration is on and the templates are missing,
     unreadable, or not the ones the preprocessing record (``template_sha256``) pins.
     """
-    from kneepain.preprocess.config import array_sha256
-
     folder = _folder(path)
     meta = read_bundle_meta(folder) if meta is None else meta
     preprocessing = meta.get("preprocessing") or {}
@@ -173,3 +172,33 @@ def load_bundle_templates(path: str | Path, meta: dict[str, Any] | None = None) 
             "the bundle folder was mixed with another cache's template"
         )
     return templates
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: the network (eval mode), its input specification and its records.
+
+    The one way inference code (training's test predictions aside, which hold the network already)
+    gets a network: cam, predict and the benchmarks read the input size and window here, never
+    from the preprocessing record.
+    """
+
+    path: Path
+    model: SiameseNet | SiameseEnsemble
+    meta: dict[str, Any]
+    input: InputSpec
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """The preprocessing record the training cache was made with (WORK/preprocess/config.json)."""
+        return dict(self.meta.get("preprocessing") or {})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        """Load a bundle folder (or its model.json); BundleError names the file when it cannot."""
+        model, meta = load_bundle(path)
+        return cls(_folder(path), model, meta, InputSpec(model.config.input_size, model.config.n_locations))
+
+    def templates(self) -> np.ndarray | None:
+        """The registration templates the bundle carries (None when its preprocessing does not register)."""
+        return load_bundle_templates(self.path, self.meta)

@@ -5,22 +5,25 @@ Every experiment is made of ordinary run folders written by the stages themselve
 already there (a finished run, an evaluation made with the same options, a CAM folder newer than
 the predictions), so a second `paper` skips it and a killed one continues where it stopped.
 
-The cost of each experiment is estimated from measured rates on this project's 2-core machine
-(RATES below); the core experiments always run, the others run when they fit the time budget and
-otherwise are listed with the option that runs them.
+The cost of each experiment is estimated from a few training steps of its network timed on this
+machine (kneepain.train.estimate, as `cv` does); the core experiments always run, the others
+run when they fit the time budget and otherwise are listed with the option that runs them.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kneepain.config import load_config
 from kneepain.contracts import PREDICTIONS_TABLE, SPLIT_FILE, WorkPaths, training_table
 from kneepain.ingest.pipeline import OUTPUT_FILES
 from kneepain.paper.runinfo import run_finished
+from kneepain.train.estimate import StepTiming, time_training_step
 
 RUN_A = "paper-model-a"
 RUN_B = "paper-model-b"
@@ -31,15 +34,6 @@ CORE = ("model-a", "model-b", "review")
 OPTIONAL = ("architectures", "unregistered")  # run when they fit --budget-minutes, or with --with NAME
 FAST = {"preset": "tiny", "folds": 2, "epochs": 2, "bootstrap": 200}
 
-# Seconds per subject per epoch (forward + backward) of KneeNet at each preset's size on this
-# project's 2-core CPU: small from the 10-fold runs of docs/experiments.md (2,133 s wall for
-# 237 x 9 training subjects x 20 epochs), tiny measured in the --fast paper run, paper scaled from
-# small by the convolutions' cost (224/64)^2 x (1/0.125)^2.
-RATES = {"tiny": 0.004, "small": 0.05, "paper": 39.0}
-PRESET_EPOCHS = {"tiny": 8, "small": 20, "paper": 500}  # the presets' epochs, for the estimate only
-# Relative cost of a branch against KneeNet (forward + backward, small preset's width and input;
-# benchmarked with one thread: KneeNet 59 ms, VGG16-GAP 228 ms, AlexNet-GAP 16 ms per subject).
-BRANCH_COST = {"kneenet": 1.0, "vgg16_gap": 3.9, "alexnet_gap": 0.3}
 PREPROCESS_SECONDS_PER_SUBJECT = 0.4  # --no-register (no template); measured on this machine
 STAGE_OVERHEAD_SECONDS = 5.0  # loading, evaluation's bootstrap, the CAM pass of a small run
 
@@ -193,12 +187,21 @@ def training_subjects(work: Path, model: str) -> int:
         return 0
 
 
+@functools.cache
+def step_timing(preset: str, branch: str, precision: str | None, device: str | None) -> StepTiming:
+    """Seconds per subject-epoch of ``preset`` with ``branch``, timed here once per combination."""
+    overrides = [f"model.branch={branch}"]
+    overrides += [f"runtime.precision={precision}"] if precision else []
+    overrides += [f"runtime.device={device}"] if device else []
+    return time_training_step(load_config(preset).with_overrides(overrides))
+
+
 def training_seconds(options: PaperOptions, subject_epochs: float, branch: str = "kneenet") -> float:
     """Estimated seconds for ``subject_epochs`` subject passes at the preset's epochs (or --epochs)."""
-    preset = options.training_preset
-    rate = RATES.get(preset, RATES["small"]) * BRANCH_COST[branch]
-    epochs = options.training_epochs or PRESET_EPOCHS.get(preset, PRESET_EPOCHS["small"])
-    return rate * subject_epochs * epochs
+    config = load_config(options.training_preset)
+    epochs = options.training_epochs or config.optim.epochs
+    timing = step_timing(options.training_preset, branch, options.precision, options.device)
+    return timing.seconds_per_subject_epoch * subject_epochs * epochs
 
 
 def truth_folder(work: Path) -> Path | None:

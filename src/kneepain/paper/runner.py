@@ -74,7 +74,7 @@ def print_plan(experiments: list[Experiment], options: PaperOptions) -> float:
         f"{options.cv_folds} folds{epochs}, seed {options.seed}{fast}"
     )
     console.print(
-        "paper: estimated time still to run (from rates measured on a 2-core CPU; load changes it):"
+        "paper: estimated time still to run (training steps timed here; other jobs on the machine slow it):"
     )
     total = 0.0
     for experiment in experiments:

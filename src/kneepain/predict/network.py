@@ -87,9 +87,23 @@ def merge_branches(branches: nn.ModuleList) -> nn.Sequential:
 
 
 class MergedSiameseNet(SiameseNet):
-    """A ``paper``-mode SiameseNet whose 23 branches run as one grouped network (inference only)."""
+    """A ``paper``-mode SiameseNet whose 23 branches run as one grouped network (inference only).
+
+    Built from a trained network (:func:`merged_network`): it shares that network's classifier
+    and first branch (the shape reference) and holds the merged, BN-folded copy of the branches.
+    """
 
     merged: nn.Sequential
+
+    def __init__(self, source: SiameseNet) -> None:
+        nn.Module.__init__(self)  # not SiameseNet's: the 23 branches are not built again
+        self.config = source.config
+        self.feature_dim = source.feature_dim
+        self.branches = nn.ModuleList([source.branches[0]])
+        self.classifier = source.classifier
+        self.location_heads = nn.ModuleList()
+        self.merged = merge_branches(source.branches)
+        self.channels_last = source.channels_last
 
     def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
         """Final maps of every knee and slice: (B, 2, S, C, h, w), all slices in one call."""
@@ -101,27 +115,24 @@ class MergedSiameseNet(SiameseNet):
         return maps.reshape(b, 2, s, -1, *maps.shape[-2:])
 
 
-def prepare_for_inference(model: SiameseNet | SiameseEnsemble) -> SiameseNet | SiameseEnsemble:
-    """Eval mode, channels_last, and for a ``paper`` model the merged branches (in place; an
-    ensemble's members each).
+def merged_network(model: SiameseNet) -> SiameseNet:
+    """A new network computing what ``model`` computes, its per-location branches merged into one
+    grouped network (``paper`` mode); ``model`` itself when it has one branch (``joint``)."""
+    return MergedSiameseNet(model.eval()) if len(model.branches) > 1 else model
 
-    The merged model keeps the classifier and drops the per-location branches (and heads) to
-    hold the weights once; it is for inference only.
-    """
+
+def prepare_for_inference(model: SiameseNet | SiameseEnsemble) -> SiameseNet | SiameseEnsemble:
+    """The network to predict with: eval mode, channels_last, and for a ``paper`` model the merged
+    branches (:func:`merged_network`; an ensemble's members each). Use the returned network."""
     if isinstance(model, SiameseEnsemble):
-        for member in model.members:
-            prepare_for_inference(member)
+        for index, member in enumerate(model.members):
+            model.members[index] = prepare_for_inference(member)
         return model.eval()
-    model.eval()
-    if len(model.branches) > 1:
-        model.merged = merge_branches(model.branches)
-        model.branches = nn.ModuleList([model.branches[0]])  # the merged copy replaces the rest
-        model.location_heads = nn.ModuleList()
-        model.__class__ = MergedSiameseNet
+    prepared = merged_network(model.eval())
     with torch.no_grad():
-        model.to(memory_format=torch.channels_last)
-    model.channels_last = True
-    return model
+        prepared.to(memory_format=torch.channels_last)
+    prepared.channels_last = True
+    return prepared.eval()
 
 
 def run_network(

@@ -64,19 +64,19 @@ def load_predict_bundle(bundle_dir: str | Path) -> LoadedBundle:
     preprocessing record, templates missing or not matching, a slice window the model does not
     have, or an input size larger than the cache's (training only ever shrinks the cache).
     """
-    from kneepain.model.bundle import BundleError, load_bundle, load_bundle_templates
+    from kneepain.model.bundle import Bundle, BundleError
     from kneepain.predict.network import prepare_for_inference
     from kneepain.preprocess.config import PreprocessConfig
 
     path = Path(bundle_dir)
     meta_path = path / BUNDLE_META
     try:
-        model, meta = load_bundle(path)
-        templates = load_bundle_templates(path, meta)
+        bundle = Bundle.load(path)
+        templates = bundle.templates()
     except BundleError as error:
         raise PredictInputError(f"bundle {error}") from error
-    record = meta.get("preprocessing")
-    if not isinstance(record, dict) or not record:
+    model, meta, record = bundle.model, bundle.meta, bundle.preprocessing
+    if not record:
         raise PredictInputError(f"{meta_path}: no preprocessing record; predict cannot reproduce the input")
     try:
         config = PreprocessConfig.from_json(dict(record))
@@ -85,7 +85,7 @@ def load_predict_bundle(bundle_dir: str | Path) -> LoadedBundle:
             f"{meta_path}: preprocessing record cannot be used by this kneepain {__version__} ({error})"
         ) from error
     window = 2 * config.half_slices + 1
-    input_size = int(meta.get("input_size") or model.config.input_size)
+    input_size = bundle.input.size
     problems = []
     if model.config.n_locations != window:
         problems.append(
@@ -236,8 +236,8 @@ def predict_person(
     import torch
 
     from kneepain.hardware import resolve_precision
+    from kneepain.model.inputs import to_input
     from kneepain.preprocess.knee import knee_info, preprocess_volume
-    from kneepain.train.data import to_input
 
     try:
         choice = resolve_precision(precision, torch.device("cpu"))

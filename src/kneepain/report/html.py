@@ -346,7 +346,7 @@ def _show_qc(section: Section, frame: pd.DataFrame, audit_path: Path | None = No
             "preprocess/qc.csv.",
         )
     if {"auto_pass", "auto_reason", "manual"} <= set(frame.columns):
-        manual = frame[frame["manual"].fillna("").astype(str) != ""]
+        manual = frame[frame["manual"].astype(object).fillna("").astype(str) != ""]
         automatic = [_decision(r.auto_pass, r.auto_reason) for r in manual.itertuples()]
         final = [_decision(r.qc_pass, r.qc_reason) for r in manual.itertuples()]
         differ = [a.split(":")[0] != f.split(":")[0] for a, f in zip(automatic, final, strict=True)]

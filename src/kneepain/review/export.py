@@ -18,8 +18,7 @@ import numpy as np
 import pandas as pd
 
 from kneepain.cam.compute import read_cam_outputs, run_identity
-from kneepain.cam.stage import markdown_table
-from kneepain.fileio import write_csv, write_text
+from kneepain.fileio import markdown_table, write_csv, write_text
 from kneepain.review.store import CATEGORIES, CATEGORY_LABELS, REVIEWER_PATTERN, ReviewStore
 
 EXPORT_DIR = "review"

@@ -31,9 +31,10 @@ from kneepain.contracts import (
     PREDICTIONS_TABLE,
     RUN_INFO,
     SPLIT_FILE,
+    TEMPLATE_FILE,
     WorkPaths,
 )
-from kneepain.fileio import remove_stale_temporaries, write_csv, write_json
+from kneepain.fileio import array_sha256, remove_stale_temporaries, write_csv, write_json
 from kneepain.hardware import PrecisionChoice, resolve_precision
 from kneepain.model.bundle import read_bundle_meta, save_bundle
 from kneepain.model.siamese import ModelConfig, build_model
@@ -84,9 +85,6 @@ def bundle_templates(work: Path, fingerprint: dict[str, Any]) -> np.ndarray | No
     without its template.npy (a hand-made test cache, say) gives bundles that train and
     evaluate but that ``predict`` refuses; the run says so.
     """
-    from kneepain.preprocess.cache import TEMPLATE_FILE
-    from kneepain.preprocess.config import array_sha256
-
     if not fingerprint.get("register", True):
         return None
     path = WorkPaths(work).preprocess / TEMPLATE_FILE

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.nn import functional
+
+from kneepain.model.inputs import to_input
 
 
 @dataclass(frozen=True)
@@ -52,18 +53,6 @@ def draw_epoch(
         pad = np.resize(np.arange(n), total)  # positions into order/swap, wrapping
         order, swap = order[pad], swap[pad]
     return EpochDraw(order[rank::world], swap[rank::world])
-
-
-def to_input(block: np.ndarray, input_size: int) -> torch.Tensor:
-    """uint8 cache block (..., H, W) -> float32 tensor in [0, 1] at ``input_size`` (area downsampling)."""
-    x = torch.from_numpy(np.ascontiguousarray(block)).float().div_(255.0)
-    if x.shape[-1] != input_size or x.shape[-2] != input_size:
-        lead = x.shape[:-2]
-        x = functional.interpolate(
-            x.reshape(-1, 1, *x.shape[-2:]), size=(input_size, input_size), mode="area"
-        )
-        x = x.reshape(*lead, input_size, input_size)
-    return x
 
 
 class CacheBatches:
