@@ -71,6 +71,8 @@ def test_cv_and_train_print_the_expected_duration_first(tmp_path: Path) -> None:
     assert ran.exit_code == 0, ran.output
     assert "expected duration: about" in ran.output and "2 model(s) x 1 epochs" in ran.output
     assert ran.output.index("expected duration") < ran.output.index("fold 0")
+    fold_lines = [line for line in ran.output.splitlines() if line.startswith("fold ")]
+    assert " left" in fold_lines[0] and " left" not in fold_lines[1]  # the last fold leaves nothing
     again = runner.invoke(
         app,
         ["cv", str(work), "--run", "est", "--folds", "2", "--preset", "tiny", "--epochs", "1", "--resume"],

@@ -39,6 +39,7 @@ from kneepain.hardware import PrecisionChoice, resolve_precision
 from kneepain.model.bundle import read_bundle_meta, save_bundle
 from kneepain.model.siamese import ModelConfig, build_model
 from kneepain.train.data import CacheBatches
+from kneepain.train.estimate import describe_duration
 from kneepain.train.folds import (
     SPLITS,
     SplitError,
@@ -370,18 +371,27 @@ def run(
     inputs = _Inputs(
         table, cache, fingerprint, templates, training_acquisition(plan.work, table), config, train_config
     )
-    frames = []
+    frames, trained = [], []  # trained: seconds of each fold trained by this process (not read back)
     for k, part in enumerate(plan.parts):
+        began = time.perf_counter()
+        read_back = resume and (plan.run_dir / f"fold_{k:02d}" / PREDICTIONS_TABLE).exists()
         frame = _train_one(
             k, part, plan, inputs, resume=resume, device=device, dist=dist, show_progress=show_progress
         )
         frames.append(frame)
+        if not read_back:
+            trained.append(time.perf_counter() - began)
         kill_point("cv:fold_done")
         if dist.is_main:
             auc = auc_or_nan(frame["label"].to_numpy(), frame["prob_right"].to_numpy())
-            console.print(
-                f"fold {k}: {len(frame)} test subjects, AUC {auc:.3f}, {time.perf_counter() - start:.0f} s"
+            left = len(plan.parts) - k - 1
+            eta = (
+                f", about {describe_duration(left * sum(trained) / len(trained))} left"
+                if trained and left
+                else ""
             )
+            elapsed = time.perf_counter() - start
+            console.print(f"fold {k}: {len(frame)} test subjects, AUC {auc:.3f}, {elapsed:.0f} s{eta}")
     _finish(run_dir, frames, plan.predicted, dist)
     if dist.is_main:
         read_folds(folds_path)
