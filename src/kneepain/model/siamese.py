@@ -100,6 +100,16 @@ class SharedLocationLinear(nn.Module):
         return functional.linear(summed, self.shared_weight, self.bias)
 
 
+def combine_pair(pooled: torch.Tensor, how: str) -> torch.Tensor:
+    """Combine pooled (B, 2, [S,] C) pairs along the knee axis 1 -> (B, [S,] D) (see ``combine``)."""
+    left, right = pooled[:, 0], pooled[:, 1]
+    if how == "relu_diff":
+        return torch.relu(left - right)
+    if how == "diff":
+        return left - right
+    return torch.cat([left, right], dim=-1)
+
+
 @dataclass(frozen=True)
 class ModelConfig(JsonRecord):
     """The architecture: everything needed to rebuild the network before loading its weights."""
@@ -172,12 +182,7 @@ class SiameseNet(nn.Module):
 
     def combine(self, pooled: torch.Tensor) -> torch.Tensor:
         """Combine pooled (..., 2, [S,] C) pairs along the knee axis 1 -> (..., [S,] D)."""
-        left, right = pooled[:, 0], pooled[:, 1]
-        if self.config.combine == "relu_diff":
-            return torch.relu(left - right)
-        if self.config.combine == "diff":
-            return left - right
-        return torch.cat([left, right], dim=-1)
+        return combine_pair(pooled, self.config.combine)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Combined pooled features per location: (B, S, D); the classifier's input."""

@@ -30,7 +30,8 @@ from kneepain.config import preset as preset  # re-exported for library callers
 from kneepain.fileio import atomic_dir, write_text
 from kneepain.hardware import autocast_for, resolve_precision
 from kneepain.train.data import CacheBatches
-from kneepain.train.strategies import Selection, WeightAverage, cpu_state, prefixed
+from kneepain.train.strategies import Objective, Selection, WeightAverage, cpu_state, prefixed
+from kneepain.train.strategies import auc_or_nan as auc_or_nan  # re-exported for kneepain.train.cv
 
 CHECKPOINT_DIR = "checkpoint"
 METRICS_LOG = "metrics.jsonl"
@@ -146,15 +147,6 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 # -- evaluation ---------------------------------------------------------------------------------
-def auc_or_nan(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC, NaN when only one class is present (a tiny validation part can have that)."""
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(labels)) < 2:
-        return math.nan
-    return float(roc_auc_score(labels, scores))
-
-
 @torch.no_grad()
 def predict(
     forward: Callable[[torch.Tensor], torch.Tensor],
@@ -227,6 +219,7 @@ class Training:
     cast: Callable[[], contextlib.AbstractContextManager]
     average: WeightAverage
     selection: Selection
+    objective: Objective
 
     def checkpoint(self, folder: Path) -> None:
         """Everything needed to continue exactly: weights, optimiser, schedule, strategies' state."""
@@ -256,7 +249,12 @@ class Training:
 
 
 def _setup(
-    module: nn.Module, config: TrainConfig, validated: bool, device: torch.device, dist: Dist
+    module: nn.Module,
+    config: TrainConfig,
+    validated: bool,
+    device: torch.device,
+    dist: Dist,
+    objective: Objective | None = None,
 ) -> Training:
     """Move ``module`` to ``device``, wrap it for DDP/compile and build its optimiser and strategies."""
     module.to(device)
@@ -276,25 +274,29 @@ def _setup(
         runner = torch.compile(runner)
     precision = resolve_precision(config.precision, device).precision  # "auto" resolved once
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    objective = objective or Objective()
     return Training(
         module, runner, optimizer, scheduler, scaler, lambda: autocast_for(precision, device), average,
-        Selection(config.select_on, config.patience, validated),
+        objective.selection(config.select_on, config.patience, validated), objective,
     )  # fmt: skip
 
 
 def _train_epoch(
     training: Training, batches: CacheBatches, epoch: int, device: torch.device, label: str, show: bool
 ) -> dict[str, float]:
-    """One pass over ``batches``: the epoch's mean loss, items seen, seconds and data-wait seconds."""
+    """One pass over ``batches``: the epoch's mean loss (per model of the objective), items seen,
+    seconds and data-wait seconds."""
     training.module.train()
-    seen, loss_sum, wait, start = 0, 0.0, 0.0, time.perf_counter()
+    seen, loss_sum, wait, start = 0, torch.zeros(1, dtype=torch.float64), 0.0, time.perf_counter()
     bar = _epoch_bar(iter(batches.epoch(epoch)), len(batches), f"{label} epoch {epoch}", show)
     tick = time.perf_counter()
     for x, y in bar:
         wait += time.perf_counter() - tick
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with training.cast():
-            loss = functional.cross_entropy(training.runner(x).float(), y)
+            logits = training.runner(x).float()
+        losses = training.objective.losses(logits, y)
+        loss = training.objective.total(losses)
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"{label}: loss is {loss.item()} at epoch {epoch}; stopped (try a lower --lr)"
@@ -302,10 +304,10 @@ def _train_epoch(
         backward_and_step(loss, training.optimizer, training.scaler)
         training.average.update(training.module)
         seen += len(y)
-        loss_sum += loss.item() * len(y)
+        loss_sum = loss_sum + losses.detach().double().cpu() * len(y)
         tick = time.perf_counter()
     return {
-        "loss": loss_sum / max(seen, 1),
+        "loss": training.objective.report(loss_sum / max(seen, 1)),
         "seen": seen,
         "seconds": time.perf_counter() - start,
         "wait": wait,
@@ -324,12 +326,20 @@ def _broadcast_buffers(module: nn.Module, dist: Dist) -> None:
 def _validate(
     kept: nn.Module, val: CacheBatches, training: Training, device: torch.device, where: str
 ) -> dict:
-    """Validation loss and AUC of the kept weights; a non-finite loss stops training."""
+    """Validation loss and AUC of the kept weights (per model of the objective); a non-finite loss
+    stops training."""
     kept.eval()
-    prob, truth, val_loss = predict(kept, val, device, training.cast)
-    if not math.isfinite(val_loss):
-        raise TrainingError(f"{where}: validation loss is {val_loss}; stopped")
-    return {"val_loss": val_loss, "val_auc": auc_or_nan(truth, prob)}
+    result = training.objective.validate(kept, val, device, training.cast)
+    if not np.all(np.isfinite(result["val_loss"])):
+        raise TrainingError(f"{where}: validation loss is {result['val_loss']}; stopped")
+    return result
+
+
+def _plain(value: Any) -> Any:
+    """A metrics value for JSON: non-finite floats (also in a list) as None."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def fit(
@@ -345,6 +355,7 @@ def fit(
     label: str = "train",
     images_per_item: int = 46,
     show_progress: bool = True,
+    objective: Objective | None = None,
 ) -> FitResult:
     """Train ``module`` (logits (B, 2) from a batch) on ``train``; select and early-stop on ``val``.
 
@@ -352,9 +363,12 @@ def fit(
     epoch (rank 0 only). ``resume`` continues from that checkpoint exactly. On return the module
     holds the kept weights (:class:`Selection`; the last epoch's, or their average, when there is
     no ``val``). Raises :class:`TrainingError` on a non-finite loss, leaving earlier files untouched.
+    ``objective`` (default: one model's cross-entropy) may train several models in one module
+    (:class:`~kneepain.train.strategies.LocationObjective`): their losses and validation figures
+    are then lists, one per model, and each keeps its own best epoch.
     """
     dist = dist or Dist()
-    training = _setup(module, config, val is not None, device, dist)
+    training = _setup(module, config, val is not None, device, dist, objective)
     selection = training.selection
     history = training.restore(out_dir) if resume else []
     start = time.perf_counter()
@@ -375,9 +389,7 @@ def fit(
         if val is not None:
             entry.update(_validate(kept, val, training, device, f"{label} epoch {epoch}"))
         selection.observe(epoch, entry.get("val_loss"), kept)
-        history.append(
-            {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in entry.items()}
-        )
+        history.append({k: _plain(v) for k, v in entry.items()})
         if dist.is_main:
             # The log first: a kill between the two leaves a line past the checkpoint (dropped on
             # resume), never a checkpoint whose epoch is missing from the log.

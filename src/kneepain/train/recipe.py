@@ -1,10 +1,16 @@
 """How a Siamese model is trained in each mode, on given train / validation cache rows.
 
-``joint``: the whole model through :func:`kneepain.train.loop.fit`. ``paper``: stage 1 fits each
-location's branch and head alone (its own ``fit``, reading only that slice location); stage 2
-freezes them and fits the logistic ``classifier`` on their pooled, combined features (LBFGS,
-full batch, L2), as the published code fused the 23 location models. An ensemble trains its
-members one after another, each in its mode, with its own seed for the order of the batches.
+``joint``: the whole model through :func:`kneepain.train.loop.fit`. ``paper``: stage 1 trains the
+23 locations' branches and heads as one grouped network (:mod:`kneepain.model.grouped`) in one
+``fit``: each batch is read once for all locations, the loss is the sum of the locations' losses
+(so each location's gradients, optimiser and EMA updates are its own), and each location keeps
+its own best epoch and stops on its own (:class:`~kneepain.train.strategies.LocationObjective`):
+the same result, to rounding, as fitting each location alone on the same batches (every location
+draws the same order and knee swaps from the seed), which remains the path for branches that
+cannot be grouped. Stage 2 freezes them and fits the logistic ``classifier`` on their pooled,
+combined features (LBFGS, full batch, L2), as the published code fused the 23 location models.
+An ensemble trains its members one after another, each in its mode, with its own seed for the
+order of the batches.
 """
 
 from __future__ import annotations
@@ -22,11 +28,14 @@ from torch import nn
 from torch.nn import functional
 
 from kneepain.fileio import write_text
+from kneepain.model.grouped import GroupedLocations, groupable
 from kneepain.model.siamese import SiameseEnsemble, SiameseNet
 from kneepain.train.data import CacheBatches
 from kneepain.train.loop import CHECKPOINT_DIR, METRICS_LOG, Dist, TrainConfig, TrainingError, autocast, fit
+from kneepain.train.strategies import LocationObjective
 
 MEMBER_SEED_STEP = 1000  # member m trains with seed + 1000 m (member 0: the single network's seed)
+GROUPED_DIR = "location_grouped"  # paper mode, stage 1: the grouped fit's checkpoint and log
 
 
 @dataclass(frozen=True)
@@ -93,13 +102,16 @@ def train_model(
     dist: Dist | None = None,
     resume: bool = False,
     show_progress: bool = True,
+    one_by_one: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` in its configured mode; returns a summary (epochs, best epoch, seconds).
 
     Writes ``out_dir/metrics.jsonl`` (``paper`` mode: every location's epochs with a
     ``location`` key, then one ``fusion`` line; an ensemble: every member's lines with a
     ``member`` key) and checkpoints under ``out_dir``. ``resume`` continues from whatever
-    checkpoints are there (a part without one starts afresh).
+    checkpoints are there (a part without one starts afresh). ``one_by_one`` (``paper`` mode)
+    fits the locations one after another as before the grouped network (for the equivalence
+    test; also the path for branches that cannot be grouped).
     """
     dist = dist or Dist()
     if isinstance(model, SiameseEnsemble):
@@ -107,11 +119,10 @@ def train_model(
         def train_member(member: SiameseNet, member_config: TrainConfig, member_dir: Path) -> dict[str, Any]:
             return train_model(
                 member, cache, train, val, member_config, member_dir, device=device, dist=dist,
-                resume=resume, show_progress=show_progress,
+                resume=resume, show_progress=show_progress, one_by_one=one_by_one,
             )  # fmt: skip
 
         return _train_members(model, config, out_dir, train_member, dist)
-    n_slices = model.config.n_locations
     if model.config.mode == "joint":
         result = fit(
             model,
@@ -123,13 +134,87 @@ def train_model(
             dist=dist,
             resume=resume and (out_dir / CHECKPOINT_DIR).exists(),
             label=out_dir.name,
-            images_per_item=2 * n_slices,
+            images_per_item=2 * model.config.n_locations,
             show_progress=show_progress,
         )
         return {"epochs": result.epochs_run, "best_epoch": result.best_epoch, "seconds": result.seconds}
+    stage = _train_locations_one_by_one if one_by_one or not groupable(model) else _train_locations_grouped
+    summary, lines = stage(model, cache, train, val, config, out_dir, device, dist, resume, show_progress)
+    fusion = fit_fusion(model, cache, train, val, config, device=device)
+    summary["fusion"] = fusion
+    summary["seconds"] += fusion["seconds"]
+    if dist.is_main:
+        write_text(out_dir / METRICS_LOG, "".join([*lines, _json_line({"fusion": True, **fusion})]))
+    return summary
+
+
+def _train_locations_grouped(
+    model: SiameseNet,
+    cache: np.ndarray,
+    train: Part,
+    val: Part | None,
+    config: TrainConfig,
+    out_dir: Path,
+    device: torch.device,
+    dist: Dist,
+    resume: bool,
+    show_progress: bool,
+) -> tuple[dict[str, Any], list[str]]:
+    """``paper`` mode, stage 1, all locations in one grouped ``fit`` (checkpoint in ``location_grouped``);
+    the kept weights are written back into ``model``'s branches and heads. Returns the summary
+    and the per-location metrics lines (their ``images_per_s`` and ``seconds`` are the grouped
+    pass's, all locations together)."""
+    n_slices = model.config.n_locations
+    folder = out_dir / GROUPED_DIR
+    grouped = GroupedLocations.from_siamese(model)
+    objective = LocationObjective(n_slices)
+    result = fit(
+        grouped,
+        _batches(cache, train, model, config, train=True, dist=dist),
+        _batches(cache, val, model, config, train=False) if val is not None else None,
+        config,
+        folder,
+        device=device,
+        dist=dist,
+        resume=resume and (folder / CHECKPOINT_DIR).exists(),
+        label=f"{out_dir.name} locations",
+        images_per_item=2 * n_slices,
+        show_progress=show_progress,
+        objective=objective,
+    )
+    selections = objective.selections
+    assert selections is not None  # made by fit
+    grouped.write_into(model, selections.kept_states)
+    model.to(device)
+    summary: dict[str, Any] = {"locations": [], "seconds": result.seconds}
+    lines: list[str] = []
+    for location, selection in enumerate(selections.locations):
+        best = int(selection.progress["best_epoch"])
+        summary["locations"].append({"location": location, "epochs": selection.epoch, "best_epoch": best})
+        for entry in result.history:
+            if entry["epoch"] <= selection.epoch:  # its epochs up to its own stop
+                own = {k: v[location] if isinstance(v, list) else v for k, v in entry.items()}
+                lines.append(_json_line({"location": location, **own}))
+    return summary, lines
+
+
+def _train_locations_one_by_one(
+    model: SiameseNet,
+    cache: np.ndarray,
+    train: Part,
+    val: Part | None,
+    config: TrainConfig,
+    out_dir: Path,
+    device: torch.device,
+    dist: Dist,
+    resume: bool,
+    show_progress: bool,
+) -> tuple[dict[str, Any], list[str]]:
+    """``paper`` mode, stage 1, one ``fit`` per location (checkpoints in ``location_XX``), each reading
+    only its slice location. Returns the summary and the per-location metrics lines."""
     summary: dict[str, Any] = {"locations": [], "seconds": 0.0}
     lines: list[str] = []
-    for location in range(n_slices):
+    for location in range(model.config.n_locations):
         loc_dir = out_dir / f"location_{location:02d}"
         module = LocationModel(model, location)
         result = fit(
@@ -150,12 +235,7 @@ def train_model(
         )
         summary["seconds"] += result.seconds
         lines += [_json_line({"location": location, **h}) for h in result.history]
-    fusion = fit_fusion(model, cache, train, val, config, device=device)
-    summary["fusion"] = fusion
-    summary["seconds"] += fusion["seconds"]
-    if dist.is_main:
-        write_text(out_dir / METRICS_LOG, "".join([*lines, _json_line({"fusion": True, **fusion})]))
-    return summary
+    return summary, lines
 
 
 def _train_members(
