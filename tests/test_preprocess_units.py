@@ -217,7 +217,7 @@ class TestUnbiasedTemplate:
 def knee_templates(
     rotation_deg: float, shift_row_mm: float, shift_col_mm: float, bone_scale: float
 ) -> np.ndarray:
-    """Template-like slices (offsets -3..3, 80 x 80 at 1 mm, zero mean, unit SD) of the synthetic
+    """Template-like slices (offsets -7..7, 80 x 80 at 1 mm, zero mean, unit SD) of the synthetic
     generator's knee anatomy seen through a known pose (docs/contracts.md convention), with the
     renderer's cortex, drawn at a quarter millimetre and averaged down."""
     import cv2
@@ -235,7 +235,7 @@ def knee_templates(
     grid = anatomy.grid(y, z)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
     slices = []
-    for offset in range(-3, 4):
+    for offset in range(-7, 8):
         labels = anatomy.slice_labels(grid, 3.0 * offset)
         marrow = (labels == Tissue.MARROW).astype(np.uint8)
         labels[(marrow > 0) & (cv2.erode(marrow, kernel, iterations=fine) == 0)] = Tissue.CORTEX

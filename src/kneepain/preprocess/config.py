@@ -14,8 +14,9 @@ from kneepain import __version__
 from kneepain.contracts import HALF_SLICES, IMAGE_SIZE
 
 # 2: affine fit (rigid part kept), unbiased template; 3: anatomical template frame;
-# 4: high_contrast against the knee's brightest tissue, centre search from the best-fitting start slice
-CONFIG_VERSION = 4
+# 4: high_contrast against the knee's brightest tissue, centre search from the best-fitting start slice;
+# 5: anatomical frame from the plateaus' cartilage-to-bone edge (any contrast, fat-suppressed too)
+CONFIG_VERSION = 5
 # Stored with the cache, not part of the configuration: the package version, the subject count and
 # the content hash of the merged cache (what a training run records to notice a rebuilt cache).
 INFORMATIVE_KEYS = ("package_version", "subjects", "content_sha256")
