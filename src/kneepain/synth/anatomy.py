@@ -11,6 +11,7 @@ phantom small, fast to evaluate per slice and exactly known.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -39,16 +40,23 @@ class Tissue(IntEnum):
     TIBIAL_CARTILAGE = 16
 
 
-# Intermediate-weighted TSE look (fraction of full scale): fat and fluid bright, cortex,
-# tendons, menisci and the PCL dark, cartilage and marrow intermediate.
-TISSUE_INTENSITY = np.array(
+def tissue_contrast(intensity: Sequence[float], texture: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """A contrast's per-tissue intensity and texture strength as float32 tables in :class:`Tissue`
+    order; ValueError unless each has one value per tissue."""
+    tables = np.array(intensity, dtype=np.float32), np.array(texture, dtype=np.float32)
+    if any(table.shape != (len(Tissue),) for table in tables):
+        raise ValueError(
+            f"a contrast needs one intensity and one texture value for each of {len(Tissue)} tissues"
+        )
+    return tables
+
+
+# Intermediate-weighted TSE look. Intensity (fraction of full scale): fat and fluid bright, cortex,
+# tendons, menisci and the PCL dark, cartilage and marrow intermediate. Texture: relative strength
+# of the smooth texture (marrow trabeculae, muscle fibres).
+TISSUE_INTENSITY, TISSUE_TEXTURE = tissue_contrast(
     [0.01, 0.50, 0.86, 0.30, 0.80, 0.80, 0.10, 0.93, 0.95, 0.05, 0.07, 0.60, 0.06, 0.30, 0.52, 0.05, 0.60],
-    dtype=np.float32,
-)
-# Relative strength of the smooth texture (marrow trabeculae, muscle fibres) per tissue.
-TISSUE_TEXTURE = np.array(
     [0.0, 0.05, 0.04, 0.10, 0.05, 0.05, 0.0, 0.02, 0.02, 0.05, 0.05, 0.06, 0.08, 0.20, 0.14, 0.0, 0.06],
-    dtype=np.float32,
 )
 
 NOTCH_HALF_WIDTH = 9.0  # mm: the intercondylar notch spans |u| < 9 (times bone_scale)

@@ -26,20 +26,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from kneepain.synth.acquisition import SLICE_MM, Pose
-from kneepain.synth.anatomy import KneeAnatomy
+from kneepain.synth.anatomy import KneeAnatomy, tissue_contrast
 
 PHANTOMS = ("default", "challenge")
 
-# Fat-suppressed IW TSE (fraction of full scale), Tissue order of kneepain.synth.anatomy. VESSEL is
-# replaced per knee (flow). Fluid and effusion are the brightest tissues; fat and marrow are dark.
-FAT_SUPPRESSED_INTENSITY = np.array(
+# Fat-suppressed IW TSE. Intensity (fraction of full scale; VESSEL is replaced per knee, flow): fluid
+# and effusion are the brightest tissues, fat and marrow dark. Texture strength (relative): marrow
+# trabeculae, muscle fibres, inhomogeneous fluid.
+FAT_SUPPRESSED_INTENSITY, FAT_SUPPRESSED_TEXTURE = tissue_contrast(
     [0.01, 0.32, 0.11, 0.27, 0.11, 0.13, 0.80, 0.86, 0.92, 0.05, 0.06, 0.48, 0.07, 0.24, 0.15, 0.04, 0.48],
-    dtype=np.float32,
-)
-# Texture strength per tissue (relative): marrow trabeculae, muscle fibres, inhomogeneous fluid.
-FAT_SUPPRESSED_TEXTURE = np.array(
     [0.0, 0.10, 0.18, 0.18, 0.18, 0.18, 0.10, 0.06, 0.08, 0.10, 0.10, 0.10, 0.12, 0.25, 0.30, 0.0, 0.10],
-    dtype=np.float32,
 )
 PARTIAL_VOLUME_MM = (-0.75, 0.75)  # two sections per 3 mm slice (their mean)
 MAX_PCL_OFFSET_MM = 10.5  # 3.5 slices of 3 mm

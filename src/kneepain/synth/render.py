@@ -54,27 +54,17 @@ def render_knee(
     With ``challenge`` (and its own ``challenge_rng``) the knee is rendered by the challenge
     phantom (kneepain.synth.challenge): fat-suppressed contrast, partial volume, finer texture.
     """
+    series = _Series(anatomy, pose, acquisition, lesions, side, artifact)
     if challenge is not None:
-        return _render_challenge(
-            rng, challenge_rng, anatomy, pose, acquisition, lesions, side, artifact, challenge
-        )
-    y, z = acq.anatomical_grid(pose)
-    n = pose.n_slices
-    h, w = y.shape
+        return _render_challenge(rng, challenge_rng, series, challenge)
+    y, z, grid, bias, signal, mask = series.canvas()
+    n, (h, w) = pose.n_slices, y.shape
     # Smooth texture field (about 3 mm blobs) shared by all tissues, different per slice.
     coarse = rng.standard_normal((n, h // 4, w // 4), dtype=np.float32)
-    bias = acq.bias_field(acquisition, (acq.ROWS, acq.COLS))
     swell = effusion_mm(lesions)
-
-    signal = np.empty((n, acq.ROWS, acq.COLS), dtype=np.float32)
-    mask = np.empty((n, acq.ROWS, acq.COLS), dtype=np.uint8)
-    grid = anatomy.grid(y, z)
     for index in range(n):
         u = lateral_offset(pose, index, side)
-        labels = anatomy.slice_labels(grid, u, effusion_mm=swell)
-        marrow = (labels == Tissue.MARROW).astype(np.uint8)
-        inner = cv2.erode(marrow, _CORTEX_KERNEL, iterations=2)
-        labels[(marrow > 0) & (inner == 0)] = Tissue.CORTEX
+        labels = series.labels(grid, u, swell)
         texture = cv2.resize(coarse[index], (w, h), interpolation=cv2.INTER_CUBIC)
         intensity = TISSUE_INTENSITY[labels] * (1.0 + TISSUE_TEXTURE[labels] * texture)
         lesion_mask = apply_lesions(intensity, labels, y, z, u, lesions, anatomy)
@@ -82,65 +72,78 @@ def render_knee(
         signal[index] = acq.upsample(intensity) * bias
         mask[index] = acq.upsample_mask(lesion_mask)
 
-    pixels, kept = _acquire(rng, signal, acquisition, artifact)
+    pixels, kept = series.acquire(rng, signal)
     return KneeImage(pixels=pixels, mask=mask[kept], kept=kept)
 
 
-def _acquire(
-    rng: np.random.Generator, signal: np.ndarray, acquisition: acq.Acquisition, artifact: Artifact | None
-) -> tuple[np.ndarray, list[int]]:
-    """Scale, artifact, noise and quantisation of a noise-free signal volume; (pixels, kept slices)."""
-    signal *= acq.FULL_SCALE * acquisition.scale
-    kept = list(range(signal.shape[0]))
-    if artifact is not None:
-        if artifact.kind == "missing_slices":
-            kept = [i for i in kept if i not in artifact.slices]
-        else:
-            apply_artifact(signal, artifact)
-    signal = signal[kept]
-    return acq.quantise(acq.rician(signal, acquisition.noise_sd, rng)), kept
+@dataclass(frozen=True)
+class _Series:
+    """What either phantom renders one knee series from (:func:`render_knee`'s drawn parameters)."""
+
+    anatomy: KneeAnatomy
+    pose: acq.Pose
+    acquisition: acq.Acquisition
+    lesions: list[Lesion]
+    side: str
+    artifact: Artifact | None
+
+    def canvas(
+        self,
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+        """The anatomical grid (y, z and the anatomy's grid), the coil's bias field, and empty
+        signal (float32) and mask (uint8) volumes of the series."""
+        y, z = acq.anatomical_grid(self.pose)
+        bias = acq.bias_field(self.acquisition, (acq.ROWS, acq.COLS))
+        signal = np.empty((self.pose.n_slices, acq.ROWS, acq.COLS), dtype=np.float32)
+        mask = np.empty((self.pose.n_slices, acq.ROWS, acq.COLS), dtype=np.uint8)
+        return y, z, self.anatomy.grid(y, z), bias, signal, mask
+
+    def labels(self, grid: dict[str, np.ndarray], u: float, effusion: float) -> np.ndarray:
+        """Tissue labels of the section at lateral offset ``u``, the marrow's rim drawn as cortex."""
+        labels = self.anatomy.slice_labels(grid, u, effusion_mm=effusion)
+        marrow = (labels == Tissue.MARROW).astype(np.uint8)
+        inner = cv2.erode(marrow, _CORTEX_KERNEL, iterations=2)
+        labels[(marrow > 0) & (inner == 0)] = Tissue.CORTEX
+        return labels
+
+    def acquire(self, rng: np.random.Generator, signal: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """Scale, artifact, noise and quantisation of a noise-free signal volume; (pixels, kept slices)."""
+        signal *= acq.FULL_SCALE * self.acquisition.scale
+        kept = list(range(signal.shape[0]))
+        if self.artifact is not None:
+            if self.artifact.kind == "missing_slices":
+                kept = [i for i in kept if i not in self.artifact.slices]
+            else:
+                apply_artifact(signal, self.artifact)
+        signal = signal[kept]
+        return acq.quantise(acq.rician(signal, self.acquisition.noise_sd, rng)), kept
 
 
 def _render_challenge(
-    rng: np.random.Generator,
-    crng: np.random.Generator | None,
-    anatomy: KneeAnatomy,
-    pose: acq.Pose,
-    acquisition: acq.Acquisition,
-    lesions: list[Lesion],
-    side: str,
-    artifact: Artifact | None,
-    knee: ChallengeKnee,
+    rng: np.random.Generator, crng: np.random.Generator | None, series: _Series, knee: ChallengeKnee
 ) -> KneeImage:
     """The challenge phantom's rendering: each slice the mean of two sections 1.5 mm apart (partial
     volume across the 3 mm slice), fat-suppressed intensities, a coarse plus a fine texture."""
     crng = crng if crng is not None else np.random.default_rng(0)
-    y, z = acq.anatomical_grid(pose)
-    n = pose.n_slices
-    h, w = y.shape
+    anatomy, lesions = series.anatomy, series.lesions
+    y, z, grid, bias, signal, mask = series.canvas()
+    n, (h, w) = series.pose.n_slices, y.shape
     coarse = crng.standard_normal((n, h // 4, w // 4), dtype=np.float32)
     fine = crng.standard_normal((n, h // 2, w // 2), dtype=np.float32)
-    bias = acq.bias_field(acquisition, (acq.ROWS, acq.COLS))
     swell = effusion_mm(lesions) * knee.effusion_scale
     table = intensity_table(knee)
     section_ml = (acq.PIXEL_MM * acq.RENDER_FACTOR) ** 2 * (acq.SLICE_MM / len(PARTIAL_VOLUME_MM)) / 1000.0
-    signal = np.empty((n, acq.ROWS, acq.COLS), dtype=np.float32)
-    mask = np.empty((n, acq.ROWS, acq.COLS), dtype=np.uint8)
     vessels = np.empty((n, acq.ROWS, acq.COLS), dtype=np.uint8)
-    grid = anatomy.grid(y, z)
     effusion_px = fluid_px = 0
     for index in range(n):
-        u = lateral_offset(pose, index, side)
+        u = lateral_offset(series.pose, index, series.side)
         texture = 0.7 * cv2.resize(coarse[index], (w, h), interpolation=cv2.INTER_CUBIC)
         texture += 0.7 * cv2.resize(fine[index], (w, h), interpolation=cv2.INTER_CUBIC)
         intensity = np.zeros((h, w), dtype=np.float32)
         lesion_mask = np.zeros((h, w), dtype=np.uint8)
         vessel = np.zeros((h, w), dtype=np.uint8)
         for du in PARTIAL_VOLUME_MM:
-            labels = anatomy.slice_labels(grid, u + du, effusion_mm=swell)
-            marrow = (labels == Tissue.MARROW).astype(np.uint8)
-            inner = cv2.erode(marrow, _CORTEX_KERNEL, iterations=2)
-            labels[(marrow > 0) & (inner == 0)] = Tissue.CORTEX
+            labels = series.labels(grid, u + du, swell)
             section = table[labels] * (1.0 + FAT_SUPPRESSED_TEXTURE[labels] * texture)
             found = apply_lesions(section, labels, y, z, u + du, lesions, anatomy, fat_suppressed=True)
             np.maximum(lesion_mask, found, out=lesion_mask)
@@ -152,7 +155,7 @@ def _render_challenge(
         signal[index] = acq.upsample(intensity) * bias
         mask[index] = acq.upsample_mask(lesion_mask)
         vessels[index] = acq.upsample_mask(vessel)
-    pixels, kept = _acquire(rng, signal, acquisition, artifact)
+    pixels, kept = series.acquire(rng, signal)
     return KneeImage(
         pixels=pixels,
         mask=mask[kept],
