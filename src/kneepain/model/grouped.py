@@ -21,6 +21,7 @@ MaxPool2d layers and group this way; :func:`groupable` says whether a model does
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -31,8 +32,9 @@ PER_CHANNEL = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Identity)  # act on every
 BATCH_COUNT = "num_batches_tracked"  # a BatchNorm's one scalar buffer: the same for all locations
 
 
-def _grouped_layer(layers: list[nn.Module]) -> nn.Module:
-    """One layer position of G branches as one grouped layer with their weights concatenated."""
+def _grouped_layer(layers: list[nn.Module], device: torch.device | str | None = None) -> nn.Module:
+    """One layer position of G branches as one fresh grouped layer (on ``device``), sized for their
+    weights concatenated."""
     first, groups = layers[0], len(layers)
     if isinstance(first, nn.Conv2d):
         if first.groups != 1 or first.padding_mode != "zeros":
@@ -46,6 +48,7 @@ def _grouped_layer(layers: list[nn.Module]) -> nn.Module:
             first.dilation,
             groups=groups,
             bias=first.bias is not None,
+            device=device,
         )
     if isinstance(first, nn.BatchNorm2d):
         return nn.BatchNorm2d(
@@ -54,10 +57,33 @@ def _grouped_layer(layers: list[nn.Module]) -> nn.Module:
             momentum=first.momentum,
             affine=first.affine,
             track_running_stats=first.track_running_stats,
+            device=device,
         )
     if isinstance(first, PER_CHANNEL):
         return copy.deepcopy(first)
     raise ValueError(f"cannot group branches with a {type(first).__name__} layer")
+
+
+def grouped_layers(
+    branches: Sequence[nn.Module], device: torch.device | str | None = None
+) -> list[nn.Module]:
+    """Fresh grouped layers (on ``device``) for ``branches``; ValueError when they cannot be grouped."""
+    plans = [list(getattr(branch, "features", [])) for branch in branches]
+    if not plans[0] or any(len(plan) != len(plans[0]) for plan in plans):
+        raise ValueError("branches without one `features` Sequential of the same plan cannot be grouped")
+    return [_grouped_layer(list(layers), device) for layers in zip(*plans, strict=True)]
+
+
+def grouped_features(branches: Sequence[nn.Module]) -> nn.Sequential:
+    """``branches`` as one grouped Sequential holding their values: (N, G, H, W) -> (N, G * C, h, w).
+
+    Made on the meta device and given the joined tensors (nothing is initialised or copied twice);
+    ValueError when the branches cannot be grouped.
+    """
+    grouped = nn.Sequential(*grouped_layers(branches, device="meta"))
+    states = [{f"branch.{k}": v for k, v in branch.features.state_dict().items()} for branch in branches]
+    grouped.load_state_dict(join_states(states), assign=True)
+    return grouped
 
 
 def split_state(state: dict[str, torch.Tensor], location: int, n_locations: int) -> dict[str, torch.Tensor]:
@@ -135,10 +161,7 @@ class GroupedLocations(nn.Module):
     @staticmethod
     def plan(model: SiameseNet) -> list[nn.Module]:
         """Fresh grouped layers for ``model``'s branches; ValueError when they cannot be grouped."""
-        plans = [list(getattr(branch, "features", [])) for branch in model.branches]
-        if not plans[0] or any(len(plan) != len(plans[0]) for plan in plans):
-            raise ValueError("branches without one `features` Sequential of the same plan cannot be grouped")
-        return [_grouped_layer(list(layers)) for layers in zip(*plans, strict=True)]
+        return grouped_layers(model.branches)
 
     @classmethod
     def from_siamese(cls, model: SiameseNet) -> GroupedLocations:

@@ -18,45 +18,8 @@ import torch
 from torch import nn
 
 from kneepain.hardware import autocast_for
+from kneepain.model.grouped import grouped_features
 from kneepain.model.siamese import SiameseEnsemble, SiameseNet
-
-
-def _merged_layer(layers: list[nn.Module]) -> nn.Module:
-    """One layer position of G branches as one grouped layer (G = len(layers))."""
-    first, groups = layers[0], len(layers)
-    if isinstance(first, nn.Conv2d):
-        if first.groups != 1:
-            raise ValueError("branches with grouped convolutions cannot be merged")
-        merged = nn.Conv2d(
-            first.in_channels * groups,
-            first.out_channels * groups,
-            first.kernel_size,
-            first.stride,
-            first.padding,
-            first.dilation,
-            groups=groups,
-            bias=True,
-            device="meta",
-        )
-        weight = torch.cat([layer.weight for layer in layers])
-        bias = (
-            torch.cat([layer.bias for layer in layers])
-            if first.bias is not None
-            else torch.zeros(weight.shape[0], dtype=weight.dtype)
-        )
-        merged.weight = nn.Parameter(weight, requires_grad=False)
-        merged.bias = nn.Parameter(bias, requires_grad=False)
-        return merged
-    if isinstance(first, nn.BatchNorm2d):
-        merged = nn.BatchNorm2d(first.num_features * groups, eps=first.eps, device="meta")
-        for name in ("weight", "bias"):
-            setattr(merged, name, nn.Parameter(torch.cat([getattr(x, name) for x in layers]), False))
-        merged.running_mean = torch.cat([layer.running_mean for layer in layers])
-        merged.running_var = torch.cat([layer.running_var for layer in layers])
-        return merged.eval()
-    if isinstance(first, nn.ReLU | nn.MaxPool2d | nn.Identity):
-        return first  # acts on every channel alike
-    raise ValueError(f"cannot merge branches with a {type(first).__name__} layer")
 
 
 def _fold_batch_norms(sequence: nn.Sequential) -> nn.Sequential:
@@ -67,23 +30,21 @@ def _fold_batch_norms(sequence: nn.Sequential) -> nn.Sequential:
         if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
             scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
             conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
-            conv.bias.copy_((conv.bias - norm.running_mean) * scale + norm.bias)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+            conv.bias = nn.Parameter((bias - norm.running_mean) * scale + norm.bias, requires_grad=False)
             sequence[i + 1] = nn.Identity()
     return sequence
 
 
 def merge_branches(branches: nn.ModuleList) -> nn.Sequential:
-    """The location branches as one grouped network: (N, G, H, W) -> (N, G * C, h, w).
+    """The location branches as one grouped network, BatchNorms folded: (N, G, H, W) -> (N, G * C, h, w).
 
-    Every branch must be one ``features`` Sequential of the same layer plan (KneeNet, VGG16-GAP,
-    AlexNet-GAP are). Raises ValueError for a branch that cannot be merged.
+    The grouping is :func:`kneepain.model.grouped.grouped_features`: every branch must be one
+    ``features`` Sequential of the same layer plan (KneeNet, VGG16-GAP, AlexNet-GAP are). Raises
+    ValueError for branches that cannot be grouped.
     """
-    plans = [list(getattr(branch, "features", [])) for branch in branches]
-    if not plans[0] or any(len(plan) != len(plans[0]) for plan in plans):
-        raise ValueError("branches without one `features` Sequential of the same plan cannot be merged")
     with torch.no_grad():
-        merged = nn.Sequential(*[_merged_layer(list(layers)) for layers in zip(*plans, strict=True)])
-        return _fold_batch_norms(merged.eval())
+        return _fold_batch_norms(grouped_features(branches).requires_grad_(False).eval())
 
 
 class MergedSiameseNet(SiameseNet):
