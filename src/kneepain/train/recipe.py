@@ -31,7 +31,16 @@ from kneepain.fileio import write_text
 from kneepain.model.grouped import GroupedLocations, groupable
 from kneepain.model.siamese import SiameseEnsemble, SiameseNet
 from kneepain.train.data import CacheBatches
-from kneepain.train.loop import CHECKPOINT_DIR, METRICS_LOG, Dist, TrainConfig, TrainingError, autocast, fit
+from kneepain.train.loop import (
+    CHECKPOINT_DIR,
+    METRICS_LOG,
+    Dist,
+    FitResult,
+    TrainConfig,
+    TrainingError,
+    autocast,
+    fit,
+)
 from kneepain.train.strategies import LocationObjective
 
 MEMBER_SEED_STEP = 1000  # member m trains with seed + 1000 m (member 0: the single network's seed)
@@ -123,23 +132,12 @@ def train_model(
             )  # fmt: skip
 
         return _train_members(model, config, out_dir, train_member, dist)
+    run = _Run(model, cache, train, val, config, out_dir, device, dist, resume, show_progress)
     if model.config.mode == "joint":
-        result = fit(
-            model,
-            _batches(cache, train, model, config, train=True, dist=dist),
-            _batches(cache, val, model, config, train=False) if val is not None else None,
-            config,
-            out_dir,
-            device=device,
-            dist=dist,
-            resume=resume and (out_dir / CHECKPOINT_DIR).exists(),
-            label=out_dir.name,
-            images_per_item=2 * model.config.n_locations,
-            show_progress=show_progress,
-        )
+        result = run.fit(model, out_dir, label=out_dir.name, images_per_item=2 * model.config.n_locations)
         return {"epochs": result.epochs_run, "best_epoch": result.best_epoch, "seconds": result.seconds}
     stage = _train_locations_one_by_one if one_by_one or not groupable(model) else _train_locations_grouped
-    summary, lines = stage(model, cache, train, val, config, out_dir, device, dist, resume, show_progress)
+    summary, lines = stage(run)
     fusion = fit_fusion(model, cache, train, val, config, device=device)
     summary["fusion"] = fusion
     summary["seconds"] += fusion["seconds"]
@@ -148,44 +146,76 @@ def train_model(
     return summary
 
 
-def _train_locations_grouped(
-    model: SiameseNet,
-    cache: np.ndarray,
-    train: Part,
-    val: Part | None,
-    config: TrainConfig,
-    out_dir: Path,
-    device: torch.device,
-    dist: Dist,
-    resume: bool,
-    show_progress: bool,
-) -> tuple[dict[str, Any], list[str]]:
+@dataclass(frozen=True)
+class _Run:
+    """One :func:`train_model` call's model, data, settings and folder: what each of its fits shares."""
+
+    model: SiameseNet
+    cache: np.ndarray
+    train: Part
+    val: Part | None
+    config: TrainConfig
+    out_dir: Path
+    device: torch.device
+    dist: Dist
+    resume: bool
+    show_progress: bool
+
+    def fit(
+        self,
+        module: nn.Module,
+        folder: Path,
+        *,
+        label: str,
+        images_per_item: int,
+        location: int | None = None,
+        objective: LocationObjective | None = None,
+    ) -> FitResult:
+        """``fit`` ``module`` on the run's batches (of one ``location``, or all), checkpoints in ``folder``;
+        resumes if the run resumes and ``folder`` has a checkpoint."""
+        model, cache, config = self.model, self.cache, self.config
+        train = _batches(cache, self.train, model, config, train=True, location=location, dist=self.dist)
+        val = (
+            _batches(cache, self.val, model, config, train=False, location=location)
+            if self.val is not None
+            else None
+        )
+        return fit(
+            module,
+            train,
+            val,
+            config,
+            folder,
+            device=self.device,
+            dist=self.dist,
+            resume=self.resume and (folder / CHECKPOINT_DIR).exists(),
+            label=label,
+            images_per_item=images_per_item,
+            show_progress=self.show_progress,
+            objective=objective,
+        )
+
+
+def _train_locations_grouped(run: _Run) -> tuple[dict[str, Any], list[str]]:
     """``paper`` mode, stage 1, all locations in one grouped ``fit`` (checkpoint in ``location_grouped``);
     the kept weights are written back into ``model``'s branches and heads. Returns the summary
     and the per-location metrics lines (their ``images_per_s`` and ``seconds`` are the grouped
     pass's, all locations together)."""
+    model = run.model
     n_slices = model.config.n_locations
-    folder = out_dir / GROUPED_DIR
     grouped = GroupedLocations.from_siamese(model)
     objective = LocationObjective(n_slices)
-    result = fit(
+    result = run.fit(
         grouped,
-        _batches(cache, train, model, config, train=True, dist=dist),
-        _batches(cache, val, model, config, train=False) if val is not None else None,
-        config,
-        folder,
-        device=device,
-        dist=dist,
-        resume=resume and (folder / CHECKPOINT_DIR).exists(),
-        label=f"{out_dir.name} locations",
+        run.out_dir / GROUPED_DIR,
+        label=f"{run.out_dir.name} locations",
         images_per_item=2 * n_slices,
-        show_progress=show_progress,
         objective=objective,
     )
     selections = objective.selections
     assert selections is not None  # made by fit
     grouped.write_into(model, selections.kept_states)
-    model.to(device)
+    model.to(run.device)
     summary: dict[str, Any] = {"locations": [], "seconds": result.seconds}
     lines: list[str] = []
     for location, selection in enumerate(selections.locations):
@@ -198,37 +228,18 @@ def _train_locations_grouped(
     return summary, lines
 
 
-def _train_locations_one_by_one(
-    model: SiameseNet,
-    cache: np.ndarray,
-    train: Part,
-    val: Part | None,
-    config: TrainConfig,
-    out_dir: Path,
-    device: torch.device,
-    dist: Dist,
-    resume: bool,
-    show_progress: bool,
-) -> tuple[dict[str, Any], list[str]]:
+def _train_locations_one_by_one(run: _Run) -> tuple[dict[str, Any], list[str]]:
     """``paper`` mode, stage 1, one ``fit`` per location (checkpoints in ``location_XX``), each reading
     only its slice location. Returns the summary and the per-location metrics lines."""
     summary: dict[str, Any] = {"locations": [], "seconds": 0.0}
     lines: list[str] = []
-    for location in range(model.config.n_locations):
-        loc_dir = out_dir / f"location_{location:02d}"
-        module = LocationModel(model, location)
-        result = fit(
-            module,
-            _batches(cache, train, model, config, train=True, location=location, dist=dist),
-            _batches(cache, val, model, config, train=False, location=location) if val is not None else None,
-            config,
-            loc_dir,
-            device=device,
-            dist=dist,
-            resume=resume and (loc_dir / CHECKPOINT_DIR).exists(),
-            label=f"{out_dir.name} location {location}",
+    for location in range(run.model.config.n_locations):
+        result = run.fit(
+            LocationModel(run.model, location),
+            run.out_dir / f"location_{location:02d}",
+            label=f"{run.out_dir.name} location {location}",
             images_per_item=2,
-            show_progress=show_progress,
+            location=location,
         )
         summary["locations"].append(
             {"location": location, "epochs": result.epochs_run, "best_epoch": result.best_epoch}
