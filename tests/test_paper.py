@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING
 import pytest
 from typer.testing import CliRunner
 
+from browser_pages import open_page
 from kneepain.cli import app
 from kneepain.paper import PaperOptions
 from kneepain.paper.methods import methods_sentences
 from kneepain.paper.plan import RUN_A, RUN_B, Experiment, Step, choose
 from kneepain.paper.runinfo import run_settings
+from workfolder import synthetic_work
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -53,17 +55,10 @@ def _paper(work: Path, seed: int, **env: str) -> subprocess.CompletedProcess[str
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic cohort, ingested and preprocessed (registered)."""
-    from kneepain.ingest.pipeline import run_ingest
-    from kneepain.preprocess import run_preprocess
     from kneepain.preprocess.config import PreprocessConfig
-    from kneepain.synth.cohort import generate_cohort
 
     root = tmp_path_factory.mktemp("paper")
-    generate_cohort(root / "cohort", SUBJECTS, seed=SEED, workers=2)
-    work = root / "work"
-    run_ingest(root / "cohort" / "images", root / "cohort" / "clinical", work, workers=2)
-    run_preprocess(work, workers=2, config=PreprocessConfig(template_subjects=8))
-    return work
+    return synthetic_work(root, SUBJECTS, SEED, workers=2, config=PreprocessConfig(template_subjects=8))
 
 
 def split_seed(work: Path) -> int:
@@ -277,12 +272,7 @@ def test_document_reads_well_in_chromium(study: dict, chromium: Browser) -> None
     document = study["work"] / "paper" / "paper.html"
     requests: list[str] = []
     for width in (1280, 420):
-        page = chromium.new_page(viewport={"width": width, "height": 900})
-        page.on("request", lambda request: requests.append(request.url))
-        page.goto(document.resolve().as_uri())
-        page.wait_for_load_state("load")
-        scroll = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
-        assert scroll[0] <= scroll[1], f"{width} px: the page scrolls sideways ({scroll})"
+        page = open_page(chromium, document, width, requests)
         broken = page.evaluate("[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length")
         assert broken == 0
         shaded = page.evaluate(

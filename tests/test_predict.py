@@ -39,6 +39,7 @@ from kneepain.preprocess.registration import Pose
 from kneepain.preprocess.series_io import read_knee_series
 from kneepain.train.data import to_input
 from kneepain.train.loop import preset
+from workfolder import synthetic_work
 
 SUBJECTS = 3
 SEED = 3
@@ -89,15 +90,8 @@ def write_bundle(
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
-    from kneepain.ingest.pipeline import run_ingest
-    from kneepain.preprocess import run_preprocess
-    from kneepain.synth.cohort import generate_cohort
-
     root = tmp_path_factory.mktemp("predict")
-    generate_cohort(root / "cohort", SUBJECTS, seed=SEED, workers=1)
-    work = root / "work"
-    run_ingest(root / "cohort" / "images", root / "cohort" / "clinical", work, workers=1)
-    run_preprocess(work, workers=1)
+    work = synthetic_work(root, SUBJECTS, SEED, workers=1)
     index = read_cache_index(WorkPaths(work).cache_index)
     series = pd.read_csv(WorkPaths(work).series_table, dtype={"subject_id": str})
     passed = index.loc[index["qc_pass"].astype(bool), "subject_id"].tolist()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from browser_pages import open_page
 from kneepain.evaluate.stage import EvaluateOptions, evaluate_run
 from kneepain.report.html import build_report
 from test_evaluate_stage import write_cohort, write_run
@@ -47,12 +48,7 @@ def test_report_reads_well_at_desktop_and_phone_width(tmp_path: Path, chromium: 
         assert not [t for t in drawn if REPR.search(t)], drawn
     requests: list[str] = []
     for width in (1280, 420):
-        page = chromium.new_page(viewport={"width": width, "height": 900})
-        page.on("request", lambda request: requests.append(request.url))
-        page.goto(report.resolve().as_uri())
-        page.wait_for_load_state("load")
-        scroll = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
-        assert scroll[0] <= scroll[1], f"{width} px: the page scrolls sideways ({scroll})"
+        page = open_page(chromium, report, width, requests)
         page.click("#configuration summary")  # the run's settings, folded away until asked for
         wide = page.evaluate(
             "[...document.querySelectorAll('.table-wrap')].filter(w => w.scrollWidth > w.clientWidth + 1)"

@@ -1,4 +1,5 @@
-"""Test helper: a small, learnable work folder in the shape of docs/contracts.md.
+"""Test helpers: work folders. :func:`synthetic_work` makes one the real way (synth, ingest,
+preprocess); :func:`make_work` writes a small, learnable one in the shape of docs/contracts.md:
 
 cohort.csv + preprocess/cache.npy + index.csv + config.json. Every subject's painful knee holds a
 bright blob over a few consecutive slices at a random place; the other knee holds only noise
@@ -10,11 +11,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from kneepain.contracts import COHORT_COLUMNS, N_SLICES
+
+if TYPE_CHECKING:
+    from kneepain.preprocess.config import PreprocessConfig
 
 
 def make_work(
@@ -82,4 +87,20 @@ def make_work(
     index.to_csv(work / "preprocess" / "index.csv", index=False)
     stored = config or {"register": True, "image_size": size, "crop_mm": 105.0, "package_version": "test"}
     (work / "preprocess" / "config.json").write_text(json.dumps(stored))
+    return work
+
+
+def synthetic_work(
+    root: Path, subjects: int, seed: int, *, workers: int, config: PreprocessConfig | None = None
+) -> Path:
+    """A synthetic cohort of ``subjects`` made under ``root/cohort``, ingested and preprocessed
+    (registered; with ``config``, else the default) into ``root/work``; returns the work folder."""
+    from kneepain.ingest.pipeline import run_ingest
+    from kneepain.preprocess import run_preprocess
+    from kneepain.synth.cohort import generate_cohort
+
+    generate_cohort(root / "cohort", subjects, seed=seed, workers=workers)
+    work = root / "work"
+    run_ingest(root / "cohort" / "images", root / "cohort" / "clinical", work, workers=workers)
+    run_preprocess(work, workers=workers, config=config)
     return work
