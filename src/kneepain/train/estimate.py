@@ -25,7 +25,7 @@ from kneepain.hardware import autocast_for, resolve_precision
 from kneepain.model.branches import build_branch
 
 FORWARD_SHARE = 1 / 3  # a forward pass against forward + backward + optimiser step
-BATCH_SECONDS = 1.0  # the timed batch is cut to about this long a step
+BATCH_SECONDS = 2.0  # the timed batch is cut to about this long a step
 MIN_TIMED_SECONDS = 0.5  # time at least this long (or MAX_REPEATS calls) for a stable figure
 MAX_REPEATS = 5
 HOURS_CPU_WARNING = 24.0  # above this on a CPU the estimate names the small preset
@@ -105,10 +105,10 @@ def time_training_step(config: RunConfig, device: torch.device | str | None = No
     if model_config.mode == "joint":
         slices_per_step *= model_config.n_locations
     slices = 2
-    cost = per_slice(slices, 1)
+    cost = per_slice(slices, 2)
     while slices < slices_per_step and 2 * slices * cost < BATCH_SECONDS:  # double while it fits
         slices = min(2 * slices, slices_per_step)
-        cost = per_slice(slices, 1)
+        cost = per_slice(slices, 2)
     cost = per_slice(slices, MAX_REPEATS)
     passes = 2 * model_config.n_locations * model_config.members
     return StepTiming(cost * passes, str(device), precision, slices, torch.get_num_threads())
