@@ -42,3 +42,65 @@ def test_amplified_contrast_on_a_few_slices_is_flagged() -> None:
     mean = region.mean()
     stack[10:13, 30:130, 60:160] = np.clip(mean + 4.0 * (region - mean), 0, None)  # as synth's artifact
     assert "high_contrast" in _flags(stack)
+
+
+FULL_SCALE = 1000.0
+
+
+def _fat_suppressed(
+    rng: np.random.Generator, effusion_px: int = 0, metal_mm: float = 0.0, stretch: bool = False
+) -> np.ndarray:
+    """A fat-suppressed intermediate-weighted window with Rician noise (3 % of full scale): fat and
+    marrow dark (0.12-0.15 of full scale), a fluid film and optionally an effusion bright, a thin
+    signal-free tendon, air along one edge; optionally a metal void (no signal, bright rim) of
+    radius ``metal_mm`` on three slices, or a 66 mm square whose contrast about its mean is
+    stretched 4x on three slices (both before the noise, as synth's artifacts)."""
+    signal = np.full((23, 224, 224), 0.12 * FULL_SCALE, np.float32)  # subcutaneous fat
+    rows, cols = np.ogrid[:224, :224]
+    signal[:, (rows - 110) ** 2 / 70**2 + (cols - 120) ** 2 / 60**2 < 1] = 0.15 * FULL_SCALE  # marrow
+    signal[:, 60:140, 80:84] = 0.8 * FULL_SCALE  # the normal fluid film
+    signal[:, 30:200, 190:195] = 0.0  # a tendon: no signal, 2.3 mm thick
+    signal[:, :, :12] = 0.0  # air outside the leg, along the edge
+    if effusion_px:
+        side = int(np.sqrt(effusion_px))
+        signal[9:14, 40 : 40 + side, 100 : 100 + side] = 0.85 * FULL_SCALE
+    if metal_mm:
+        dist = np.hypot(rows - 110, cols - 130) * SPACING_MM
+        for index in (10, 11, 12):
+            signal[index][(dist >= metal_mm) & (dist < 1.35 * metal_mm)] *= 2.8
+            signal[index][dist < metal_mm] = 0.0
+    if stretch:
+        region = signal[10:13, 30:170, 30:170]
+        mean = region.mean()
+        signal[10:13, 30:170, 30:170] = np.clip(mean + 4.0 * (region - mean), 0, None)
+    sigma = 0.03 * FULL_SCALE
+    real = signal + rng.normal(0.0, sigma, signal.shape)
+    imaginary = rng.normal(0.0, sigma, signal.shape)
+    return np.hypot(real, imaginary).astype(np.float32)
+
+
+def test_a_metal_void_in_a_fat_suppressed_knee_is_a_foreign_object() -> None:
+    # Fat at 0.12 of full scale is below the old rule's level (8 % of the 95th percentile,
+    # the fluid) only on paper: the void sits at the noise floor, which is what is measured now.
+    assert "foreign_object" in _flags(_fat_suppressed(np.random.default_rng(2), metal_mm=7.0))
+
+
+def test_the_same_knee_without_metal_and_with_a_large_effusion_passes() -> None:
+    rng = np.random.default_rng(3)
+    assert _flags(_fat_suppressed(rng)) == {}  # air at the edge and a signal-free tendon are not voids
+    assert _flags(_fat_suppressed(rng, effusion_px=100 * 100)) == {}
+
+
+def test_stretched_contrast_in_a_fat_suppressed_knee_is_flagged() -> None:
+    flags = _flags(_fat_suppressed(np.random.default_rng(4), effusion_px=60 * 60, stretch=True))
+    # The fluid goes beyond twice the brightest tissue, and the dark fat and marrow about the
+    # stretched mean are clipped to no signal: a void of lost signal inside the knee.
+    assert {"foreign_object", "high_contrast"} <= set(flags)
+
+
+def test_limits_of_configuration_version_5_keep_their_tissue_relative_rule() -> None:
+    limits = {k: v for k, v in PreprocessConfig().qc.items() if k != "void_snr"} | {"void_level": 0.08}
+    qc = quality.KneeQC()
+    stack = _fat_suppressed(np.random.default_rng(5), metal_mm=7.0)
+    quality.check_contrast(stack, np.ones(len(stack), bool), SPACING_MM, limits, qc)  # no KeyError
+    assert "foreign_object" not in qc.reasons  # what version 5 decided: fat hides the void from it

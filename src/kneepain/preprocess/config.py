@@ -15,8 +15,9 @@ from kneepain.contracts import HALF_SLICES, IMAGE_SIZE
 
 # 2: affine fit (rigid part kept), unbiased template; 3: anatomical template frame;
 # 4: high_contrast against the knee's brightest tissue, centre search from the best-fitting start slice;
-# 5: anatomical frame from the plateaus' cartilage-to-bone edge (any contrast, fat-suppressed too)
-CONFIG_VERSION = 5
+# 5: anatomical frame from the plateaus' cartilage-to-bone edge (any contrast, fat-suppressed too);
+# 6: foreign_object against the series' noise (void_snr), not its tissue (fat-suppressed knees too)
+CONFIG_VERSION = 6
 # Stored with the cache, not part of the configuration: the package version, the subject count and
 # the content hash of the merged cache (what a training run records to notice a rebuilt cache).
 INFORMATIVE_KEYS = ("package_version", "subjects", "content_sha256")
@@ -59,7 +60,7 @@ class PreprocessConfig:
             "bright_ratio": 2.0,  # x the knee's brightest tissue (fluid), quality.check_contrast
             "bright_area_mm2": 50.0,
             "dark_area_mm2": 40.0,
-            "void_level": 0.08,
+            "void_snr": 2.5,  # x the noise SD: no measurable signal (quality.check_contrast)
             "void_width_mm": 9.0,
         }
     )

@@ -9,7 +9,8 @@ Flags (each with a reason string that goes on record):
 - ``misalignment``: more than ``max_fallback_slices`` slices depart from their knee's pose (motion
   within the scan).
 - ``motion``: ghost copies of the anatomy along the phase-encoding (column) direction.
-- ``foreign_object``: a large signal void inside the knee (metal).
+- ``foreign_object``: a large region without signal (at the noise floor) inside the knee: metal, or
+  tissue clipped to nothing by a contrast artifact.
 - ``high_contrast``: a sub-region far brighter than the knee's brightest tissue (fluid, or fat
   without fat suppression).
 
@@ -157,7 +158,7 @@ def check_motion(images: Sequence[np.ndarray], spacing_col_mm: float, threshold:
 def check_contrast(
     stack: np.ndarray, valid: np.ndarray, spacing_mm: float, limits: dict[str, float], qc: KneeQC
 ) -> None:
-    """Flag a bright sub-region (high contrast) or a large void inside the knee (foreign object).
+    """Flag a bright sub-region (high contrast) or a large signal void inside the knee (foreign object).
 
     High contrast is measured against the knee's brightest tissue, not its average tissue: the
     reference is the median over the window's slices of each slice's 99.8th percentile, which
@@ -166,6 +167,18 @@ def check_contrast(
     effusion is not brighter than its reference; a region whose contrast was amplified is (its
     bright tissue goes beyond ``bright_ratio`` x the brightest tissue). A median over slices is
     not moved by an artifact confined to a few slices.
+
+    A void is measured against the series' own noise, not against its tissue: metal leaves no
+    signal at all, so its magnitude is the noise floor (the mean of Rayleigh noise, 1.25 sigma),
+    the level of air outside the body whatever the sequence. Tissue that is dark by contrast
+    (fat and marrow under fat suppression, muscle on T2) still has signal above the floor, and
+    its level relative to the brightest tissue changes with the sequence, so a tissue-relative
+    level misses metal in fat-suppressed knees (their fat is at 0.11-0.16 of full scale). A
+    region whose local mean is below ``void_snr`` x the noise SD (see ``noise_sd``) holds no
+    measurable signal. Contrast stretched about a region's mean clips its darker tissue to
+    zero, which is the same lost signal, and is caught by the same measure. Limits without
+    ``void_snr`` (caches and bundles of configuration version <= 5) keep the tissue-relative
+    rule they were made with.
     """
     if not valid.any():
         return
@@ -183,11 +196,81 @@ def check_contrast(
             "high_contrast",
             f"{bright_area:.0f} mm2 brighter than {limits['bright_ratio']:g}x the knee's brightest tissue",
         )
-    # A void: a dark region too thick for normal dark anatomy (cortex, tendons, menisci, the PCL
-    # are at most ~7 mm thick), enclosed by the knee (air outside the leg does not count).
+    # A void: a region without signal too thick for normal dark anatomy (cortex, tendons, menisci,
+    # the PCL are at most ~7 mm thick), enclosed by the knee (air outside the leg does not count).
+    if "void_snr" in limits:
+        noise = noise_sd(tissue)
+        area = largest_signal_void_mm2(tissue, noise, spacing_mm, limits["void_snr"], limits["void_width_mm"])
+        if area > limits["dark_area_mm2"]:
+            qc.flag(
+                "foreign_object",
+                f"signal void of {area:.0f} mm2 inside the knee (below {limits['void_snr']:g}x "
+                f"the noise SD {noise:.3g})",
+            )
+        return
     area = largest_void_mm2(tissue, reference, spacing_mm, limits["void_level"], limits["void_width_mm"])
     if area > limits["dark_area_mm2"]:
         qc.flag("foreign_object", f"signal void of {area:.0f} mm2 inside the knee")
+
+
+def noise_sd(stack: np.ndarray, lag: int = 2) -> float:
+    """Noise SD of a window as it appears in its crop: the median over slices of a robust SD
+    (1.4826 x median absolute deviation / sqrt 2) of differences between pixels ``lag`` apart.
+
+    Noise is independent from pixel to pixel while anatomy is smooth over a millimetre, so the
+    median of such differences measures the noise, not the tissue; pixels 2 apart (about 1 mm
+    in the crop) share no raw pixel through the crop's bilinear interpolation when the raw pixels
+    are under ~0.47 mm (OAI: 0.36 mm), while neighbours would, shrinking their difference. The
+    crop's interpolation still averages noise, so this is the noise as seen in the crop (about
+    0.87 x the SD of the raw air on one phantom knee). Zeros (outside the scanned field) are left out.
+    """
+    values = []
+    for image in stack[::2]:
+        inside = image > 0
+        pairs = [
+            (image[:, lag:] - image[:, :-lag])[inside[:, lag:] & inside[:, :-lag]],
+            (image[lag:] - image[:-lag])[inside[lag:] & inside[:-lag]],
+        ]
+        diffs = np.abs(np.concatenate(pairs))
+        if diffs.size:
+            values.append(float(np.median(diffs)) * 1.4826 / np.sqrt(2.0))
+    return float(np.median(values)) if values else 0.0
+
+
+def largest_signal_void_mm2(
+    stack: np.ndarray, noise: float, spacing_mm: float, snr: float, width_mm: float
+) -> float:
+    """Largest area (mm2, in one slice) whose local mean is below ``snr x noise`` (no signal),
+    that is not connected to the image edge or to unscanned (zero) pixels, and that survives a
+    morphological opening with a disk at most ``width_mm`` wide; half resolution, every slice.
+
+    The body outline is what has signal: a void touching the edge is air outside the leg (or
+    outside the crop), whatever the brightness of the fat between, so no tissue must be bright.
+    """
+    import cv2
+    from scipy import ndimage
+
+    if noise <= 0:
+        return 0.0
+    spacing_mm *= 2
+    size = max(3, (int(width_mm / spacing_mm) - 1) | 1)  # the widest odd disk not wider than width_mm
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    largest = 0.0
+    for image in stack:  # every slice: a void 3 slices thick is widest on one
+        half = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
+        smooth = cv2.GaussianBlur(half, (0, 0), 0.7)  # a local mean over ~2 mm
+        unscanned = cv2.morphologyEx((half <= 0).astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        empty = (smooth < snr * noise) | unscanned.astype(bool)
+        labels, _ = ndimage.label(empty)
+        edge = np.zeros_like(empty)
+        edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
+        outside = np.unique(np.concatenate([labels[edge & empty], labels[unscanned.astype(bool)]]))
+        void = empty & ~np.isin(labels, outside) & ~unscanned.astype(bool)
+        opened = cv2.morphologyEx(void.astype(np.uint8), cv2.MORPH_OPEN, disk)
+        count, _, stats, _ = cv2.connectedComponentsWithStats(opened)
+        if count > 1:
+            largest = max(largest, float(stats[1:, cv2.CC_STAT_AREA].max()) * spacing_mm**2)
+    return largest
 
 
 def largest_void_mm2(
@@ -195,7 +278,11 @@ def largest_void_mm2(
 ) -> float:
     """Largest area (mm2, in one slice) of signal below ``level x reference`` that survives a
     morphological opening with a disk about ``width_mm`` wide (an odd number of pixels) and lies
-    inside the filled knee outline; measured at half resolution on every other slice."""
+    inside the filled knee outline; measured at half resolution on every other slice.
+
+    The rule of configuration versions <= 5 (tissue-relative; misses metal in fat-suppressed
+    knees, see ``check_contrast``), kept so their caches and bundles decide as they did.
+    """
     import cv2
 
     # Half resolution and every other slice: a foreign object spans several slices and > 10 mm.
