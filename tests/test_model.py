@@ -218,7 +218,8 @@ def test_bundle_round_trip_gives_same_outputs(tmp_path) -> None:
     out = save_bundle(model, {"preprocessing": {"image_size": 224}, "training": {"lr": 0.1}}, tmp_path / "b")
     loaded, meta = load_bundle(out)
     assert not loaded.training
-    assert meta["architecture"]["mode"] == "paper" and meta["input_size"] == 32
+    assert meta["architecture"]["mode"] == "paper" and meta["architecture"]["input_size"] == 32
+    assert "input_size" not in meta  # stored once, in the architecture (issue 20)
     assert meta["preprocessing"] == {"image_size": 224} and meta["package_version"]
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors"]
     x = torch.rand(2, 2, 23, 32, 32)
