@@ -143,10 +143,11 @@ class Selection:
 
 
 def auc_or_nan(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC, NaN when only one class is present (a tiny validation part can have that)."""
+    """ROC AUC; NaN when only one class is present (a tiny validation part can have that) or a score
+    is not finite (a diverged network: the loop then stops on its loss with a clear message)."""
     from sklearn.metrics import roc_auc_score
 
-    if len(np.unique(labels)) < 2:
+    if len(np.unique(labels)) < 2 or not np.all(np.isfinite(scores)):
         return math.nan
     return float(roc_auc_score(labels, scores))
 
