@@ -36,13 +36,13 @@ OLD_PRESETS = {
          "head": "shared", "readout": "swap_mean"},
         {"optimizer": "adam", "lr": 3e-3, "lr_step_epochs": 10, "batch_size": 16, "epochs": 20, "patience": 0,
          "select_on": "last", "ema_decay": 0.95, "val_fraction": 0.0, "swap_knees": True,
-         "weight_decay": 1e-4, "channels_last": True},
+         "weight_decay": 1e-4, "channels_last": True, "precision": "fp32"},
     ),
     "tiny": (
         {"branch": "kneenet", "width": 0.0625, "input_size": 32, "combine": "relu_diff", "mode": "joint",
          "head": "shared", "readout": "swap_mean"},
         {"optimizer": "adam", "lr": 1e-2, "lr_step_epochs": 10, "batch_size": 16, "epochs": 8, "patience": 4,
-         "swap_knees": True},
+         "swap_knees": True, "precision": "fp32"},
     ),
 }  # fmt: skip
 
@@ -52,7 +52,7 @@ def test_preset_files_hold_exactly_the_former_presets(name: str) -> None:
     architecture, training = OLD_PRESETS[name]
     model, train = preset(name)
     assert model == ModelConfig(**architecture)
-    assert train == TrainConfig(**training)  # precision "auto": fp32 wherever bf16 is not native
+    assert train == TrainConfig(**training)  # paper: precision "auto"; small and tiny: fp32
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
