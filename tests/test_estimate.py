@@ -46,14 +46,10 @@ def test_ensemble_members_multiply_the_cost() -> None:
 def test_the_paper_preset_on_a_cpu_names_the_small_preset() -> None:
     paper, small = load_config("paper"), load_config("small")
     slow = StepTiming(40.0, "cpu", "fp32", 2, 2)
-    line = expected_duration_line(
-        paper, slow, models=10, train_subjects=200, eval_subjects=24, preset="paper"
-    )
+    line = expected_duration_line(paper, slow, models=10, train_subjects=200, eval_subjects=24)
     assert "days" in line and "--preset small" in line and "10 model(s) x 500 epochs" in line
     quick = StepTiming(0.02, "cpu", "fp32", 736, 2)
-    line = expected_duration_line(
-        small, quick, models=10, train_subjects=200, eval_subjects=24, preset="small"
-    )
+    line = expected_duration_line(small, quick, models=10, train_subjects=200, eval_subjects=24)
     assert "--preset small" not in line and "min" in line
     on_gpu = StepTiming(40.0, "cuda:0", "bf16", 2, 2)
     line = expected_duration_line(paper, on_gpu, models=10, train_subjects=200, eval_subjects=24)

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
 from kneepain.hardware import REQUESTS
-
-if TYPE_CHECKING:
-    from kneepain.config import RunConfig
 
 RESUME = typer.Option(False, "--resume", help="Continue a stopped run exactly (same cache and settings).")
 PRESET = typer.Option(
@@ -48,15 +44,6 @@ def _errors() -> tuple[type[Exception], ...]:
     return (RunInputError, SplitError, TrainingError, BundleError, ValueError)
 
 
-def _announce(work: Path, run: str, model: str, config: RunConfig, preset: str, folds: int | None) -> None:
-    """Print the run's expected duration from a few steps timed here (the main process only)."""
-    from kneepain.train.estimate import announce_run_estimate
-    from kneepain.train.loop import dist_from_env
-
-    if dist_from_env().is_main:
-        announce_run_estimate(work, run, model, config, preset, folds)
-
-
 def register(app: typer.Typer) -> None:
     """Add the `cv`, `split` and `train` commands."""
 
@@ -84,7 +71,6 @@ def register(app: typer.Typer) -> None:
             config = cli_config(
                 preset, assignments, epochs=epochs, seed=seed, precision=precision, device=device
             )
-            _announce(work, run, model, config, preset, folds)
             with stage("cv") as info:
                 out = run_cv(
                     work, run, folds=folds, model=model, config=config, resume=resume, overwrite=overwrite
@@ -135,7 +121,6 @@ def register(app: typer.Typer) -> None:
             config = cli_config(
                 preset, assignments, epochs=epochs, seed=seed, precision=precision, device=device
             )
-            _announce(work, run, model, config, preset, None)
             with stage("train") as info:
                 out = run_split(work, run, model=model, config=config, resume=resume)
                 info["run"] = str(out)

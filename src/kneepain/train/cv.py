@@ -26,6 +26,7 @@ from kneepain import __version__
 from kneepain.config import RunConfig, TrainConfig, load_config
 from kneepain.console import console, safe
 from kneepain.contracts import (
+    BUNDLE_META,
     FOLDS_FILE,
     PREDICTION_COLUMNS,
     PREDICTIONS_TABLE,
@@ -39,7 +40,7 @@ from kneepain.hardware import PrecisionChoice, resolve_precision
 from kneepain.model.bundle import read_bundle_meta, save_bundle
 from kneepain.model.siamese import ModelConfig, build_model
 from kneepain.train.data import CacheBatches
-from kneepain.train.estimate import describe_duration
+from kneepain.train.estimate import describe_duration, expected_duration_line, time_training_step
 from kneepain.train.folds import (
     SPLITS,
     SplitError,
@@ -225,6 +226,32 @@ class _Inputs:
     train_config: TrainConfig
 
 
+def fold_finished(plan: RunPlan, k: int) -> bool:
+    """Fold ``k`` of ``plan`` has its bundle and test predictions (a resume reads them back)."""
+    fold_dir = plan.run_dir / f"fold_{k:02d}"
+    return (fold_dir / "bundle" / BUNDLE_META).exists() and (fold_dir / PREDICTIONS_TABLE).exists()
+
+
+def announce_duration(plan: RunPlan, config: RunConfig, device: torch.device, resume: bool) -> str:
+    """Time the configuration here and print the expected duration of the folds still to train,
+    counted from the plan's own parts (mean part sizes over those folds)."""
+    todo = [part for k, part in enumerate(plan.parts) if not (resume and fold_finished(plan, k))]
+
+    def mean(sizes: list[int]) -> int:
+        return round(sum(sizes) / len(sizes)) if sizes else 0
+
+    line = expected_duration_line(
+        config,
+        time_training_step(config, device),
+        models=len(todo),
+        train_subjects=mean([len(part.train) for part in todo]),
+        eval_subjects=mean([len(part.test) for part in todo]),
+        validation_subjects=mean([len(part.validation) for part in todo]),
+    )
+    console.print(safe(line))
+    return line
+
+
 def _train_one(
     k: int,
     part: Parts,
@@ -240,7 +267,7 @@ def _train_one(
     fold_dir = plan.run_dir / f"fold_{k:02d}"
     bundle = fold_dir / "bundle"
     preds_path = fold_dir / PREDICTIONS_TABLE
-    if resume and (bundle / "model.json").exists() and preds_path.exists():
+    if resume and fold_finished(plan, k):
         check_same_cache(
             read_bundle_meta(bundle).get("preprocessing", {}), inputs.fingerprint, bundle / "model.json"
         )
@@ -365,6 +392,8 @@ def run(
                 validation=[list(part.validation) for part in plan.parts],
                 train=[list(part.train) for part in plan.parts],
             )
+    if dist.is_main:
+        announce_duration(plan, config, device, resume)
     _barrier(dist)
     start = time.perf_counter()
     # series.csv is read once for every fold's bundle
@@ -374,7 +403,7 @@ def run(
     frames, trained = [], []  # trained: seconds of each fold trained by this process (not read back)
     for k, part in enumerate(plan.parts):
         began = time.perf_counter()
-        read_back = resume and (plan.run_dir / f"fold_{k:02d}" / PREDICTIONS_TABLE).exists()
+        read_back = resume and fold_finished(plan, k)
         frame = _train_one(
             k, part, plan, inputs, resume=resume, device=device, dist=dist, show_progress=show_progress
         )

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from kneepain.config import RunConfig
+from kneepain.config import RunConfig, load_config
 from kneepain.hardware import autocast_for, resolve_precision
 from kneepain.model.branches import build_branch
 
@@ -145,10 +144,9 @@ def expected_duration_line(
     train_subjects: int,
     eval_subjects: int,
     validation_subjects: int = 0,
-    preset: str = "",
 ) -> str:
-    """The line cv and train print before training: the total, how it was reckoned, and, when it
-    is over a day on a CPU, the preset that runs there in minutes."""
+    """The line cv and train print before training: the total, how it was reckoned, and, when the
+    paper's network would take over a day on a CPU, the preset that runs there in minutes."""
     epochs = config.optim.epochs
     total = models * run_seconds(timing, train_subjects, eval_subjects, epochs, validation_subjects)
     line = (
@@ -156,50 +154,10 @@ def expected_duration_line(
         f"{train_subjects} training subjects at {timing.seconds_per_subject_epoch:.3g} s per subject-epoch, "
         f"timed here: {timing.device}, {timing.precision}, {timing.threads} thread(s))"
     )
-    if timing.device.startswith("cpu") and total > HOURS_CPU_WARNING * 3600 and preset != "small":
+    paper_network = config.model == load_config("paper").model
+    if timing.device.startswith("cpu") and total > HOURS_CPU_WARNING * 3600 and paper_network:
         line += (
             "; over a day on this CPU: the paper configuration is meant for a GPU, and "
             "`--preset small` runs on a CPU in minutes"
         )
-    return line
-
-
-def announce_run_estimate(
-    work: Path, run: str, model: str, config: RunConfig, preset: str, folds: int | None = None
-) -> str | None:
-    """Time the configuration here and print the run's expected duration (``folds`` None: the
-    70/15/15 split's one model). On ``--resume`` only the folds without predictions count. Returns
-    the line, or None when the work folder cannot say how many subjects train (the run itself will
-    then stop with the reason)."""
-    from kneepain.console import console, safe
-    from kneepain.contracts import PREDICTIONS_TABLE, WorkPaths, training_table
-
-    try:
-        subjects = len(training_table(work, model.upper()))
-    except (OSError, ValueError):
-        return None
-    if subjects == 0:
-        return None
-    run_dir = WorkPaths(work).runs / run
-    if folds is None:
-        models, test_share = 1, 0.15
-        validation = round(0.15 * subjects)
-        train = subjects - validation - round(test_share * subjects)
-    else:
-        done = sum((run_dir / f"fold_{k:02d}" / PREDICTIONS_TABLE).exists() for k in range(folds))
-        models, test_share = max(folds - done, 0), 1 / folds
-        rest = subjects - round(test_share * subjects)
-        validation = round(config.data.val_fraction * rest)
-        train = rest - validation
-    timing = time_training_step(config)
-    line = expected_duration_line(
-        config,
-        timing,
-        models=models,
-        train_subjects=train,
-        eval_subjects=round(test_share * subjects),
-        validation_subjects=validation,
-        preset=preset,
-    )
-    console.print(safe(line))
     return line
