@@ -314,3 +314,21 @@ def test_qc_audit_flags_a_manual_list_that_removes_painful_knees(
     audit = pd.read_csv(tmp_path / "preprocess" / "qc_audit.csv")
     final = audit[(audit["rule"] == "final decision") & (audit["comparison"] == "painful vs other knee")]
     assert bool(final.iloc[0]["label_dependent"]) and final.iloc[0]["excluded_a"] == len(people)
+
+
+def test_a_template_of_configuration_7_is_refused_not_reused(
+    processed: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
+    """Configurations 3-7 stored anatomical templates resampled into their frame; reusing one now
+    would start every registration the mean tibial slope away again, so it is refused by name."""
+    _, work, _ = processed
+    shutil.copytree(work / "ingest", tmp_path / "ingest")
+    (tmp_path / "preprocess").mkdir()
+    shutil.copy(work / "preprocess" / "template.npy", tmp_path / "preprocess" / "template.npy")
+    record = json.loads((work / "preprocess" / "template.json").read_text())
+    assert record["resampled_into_frame"] is False and record["template_frame"] == "anatomical"
+    del record["resampled_into_frame"]  # as a configuration-7 record reads
+    (tmp_path / "preprocess" / "template.json").write_text(json.dumps(record))
+    with pytest.raises(CacheMismatchError, match=r"differs in \['resampled_into_frame'\]"):
+        run_preprocess(tmp_path, workers=1)
+    assert not (tmp_path / "preprocess" / "cache.npy").exists()

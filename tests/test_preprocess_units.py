@@ -215,16 +215,21 @@ class TestUnbiasedTemplate:
 
 
 def knee_templates(
-    rotation_deg: float, shift_row_mm: float, shift_col_mm: float, bone_scale: float
+    rotation_deg: float,
+    shift_row_mm: float,
+    shift_col_mm: float,
+    bone_scale: float,
+    field: int = 80,
+    half: int = 7,
 ) -> np.ndarray:
-    """Template-like slices (offsets -7..7, 80 x 80 at 1 mm, zero mean, unit SD) of the synthetic
-    generator's knee anatomy seen through a known pose (docs/contracts.md convention), with the
-    renderer's cortex, drawn at a quarter millimetre and averaged down."""
+    """Template-like slices (offsets -half..half, field x field at 1 mm, zero mean, unit SD) of the
+    synthetic generator's knee anatomy seen through a known pose (docs/contracts.md convention),
+    with the renderer's cortex, drawn at a quarter millimetre and averaged down."""
     import cv2
 
     from kneepain.synth.anatomy import TISSUE_INTENSITY, KneeAnatomy, Tissue
 
-    fine, field = 4, 80
+    fine = 4
     mm = (np.arange(field * fine) - (field * fine - 1) / 2) / fine
     row, col = np.meshgrid(mm, mm, indexing="ij")
     angle = np.deg2rad(rotation_deg)
@@ -235,13 +240,50 @@ def knee_templates(
     grid = anatomy.grid(y, z)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
     slices = []
-    for offset in range(-7, 8):
+    for offset in range(-half, half + 1):
         labels = anatomy.slice_labels(grid, 3.0 * offset)
         marrow = (labels == Tissue.MARROW).astype(np.uint8)
         labels[(marrow > 0) & (cv2.erode(marrow, kernel, iterations=fine) == 0)] = Tissue.CORTEX
         image = cv2.resize(TISSUE_INTENSITY[labels], (field, field), interpolation=cv2.INTER_AREA)
         slices.append((image - image.mean()) / image.std())
     return np.stack(slices).astype(np.float32)
+
+
+def test_templates_stay_where_the_knees_lie_when_the_plateau_slopes() -> None:
+    """Knees whose tibial plateaus slope 8 deg on average (a common adult slope): the anatomical
+    frame is found, but the stored templates stay in the group's frame, so the knees' fits to them
+    average to the identity and every registration starts near its answer. Configuration 7 turned
+    the templates into the frame, which started every fit 8 deg off; on the challenge phantom the
+    knees with large effusions then failed QC (docs/preprocess.md, version 7)."""
+    from kneepain.preprocess.template import frame_pose
+
+    half, search = 7, 1
+    rng = np.random.default_rng(5)
+    knees = []
+    for _ in range(6):
+        pose = (8.0 + rng.uniform(-1.5, 1.5), rng.uniform(-2, 2), rng.uniform(-2, 2))
+        voxels = knee_templates(*pose, bone_scale=1.0, field=128, half=half + search)
+        volume = KneeVolume(
+            voxels=voxels,
+            spacing_row_mm=1.0,
+            spacing_col_mm=1.0,
+            slice_positions_mm=np.arange(len(voxels)) * 3.0,
+            series_index=np.arange(len(voxels)),
+            side="left",
+            path=Path("rendered"),
+        )
+        knees.append(TemplateKnee(volume, half + search))
+    templates, _, frame = build_templates(knees, half, 80, core_half=3, search=search)
+    assert frame is not None and frame.found, frame and frame.reason
+    assert 6.0 < frame.plateau_angle_deg < 10.0  # the group's slope, seen in the templates
+    assert frame_pose(templates, "anatomical") == (
+        frame.plateau_angle_deg,
+        frame.shift_row_mm,
+        frame.shift_col_mm,
+    )
+    fits = [fit_knee((k, templates, np.eye(2, 3), 3, search, "affine"))[1] for k in knees]
+    mean = Pose.from_matrix(np.mean(fits, axis=0))
+    assert abs(mean.rotation_deg) < 0.5, mean  # configuration 7: about -8 deg
 
 
 class TestAnatomicalFrame:

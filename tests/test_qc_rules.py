@@ -104,3 +104,56 @@ def test_limits_of_configuration_version_5_keep_their_tissue_relative_rule() -> 
     stack = _fat_suppressed(np.random.default_rng(5), metal_mm=7.0)
     quality.check_contrast(stack, np.ones(len(stack), bool), SPACING_MM, limits, qc)  # no KeyError
     assert "foreign_object" not in qc.reasons  # what version 5 decided: fat hides the void from it
+
+
+MOTION_SPACING_MM = 0.357  # OAI's in-plane pixel
+
+
+def _sagittal_slice(rng: np.random.Generator, noise: float, ghost: float = 0.0) -> np.ndarray:
+    """A 448 x 448 sagittal slice: bone, cartilage, fat and fluid as ellipses and bands with a
+    tissue texture at the 2-3 mm scale, ghost copies along the phase (column) direction of
+    relative strength ``ghost`` as synth's motion artifact draws them (0.35-0.6), then Rician
+    noise of SD ``noise`` x full scale."""
+    from scipy import ndimage
+
+    rows, cols = np.ogrid[:448, :448]
+    signal = np.full((448, 448), 0.15, np.float32)
+    signal[((rows - 150) / 110.0) ** 2 + ((cols - 230) / 95.0) ** 2 < 1] = 0.35  # femur
+    signal[((rows - 330) / 90.0) ** 2 + ((cols - 225) / 85.0) ** 2 < 1] = 0.3  # tibia
+    signal[255:262, 140:320] = 0.6  # cartilage over the joint line
+    signal[60:240, 90:98] = 0.9  # a fluid film
+    texture = ndimage.gaussian_filter(rng.normal(0.0, 1.0, signal.shape), 3.0 / MOTION_SPACING_MM)
+    signal = signal * (1.0 + 0.8 * texture / texture.std() * 0.1)
+    if ghost:
+        copies = np.zeros_like(signal)
+        for k, amp in ((1, 1.0), (2, 0.6), (3, 0.35)):
+            for sign in (1, -1):
+                copies += amp * np.roll(signal, sign * k * 448 // 7, axis=1)
+        signal = signal + ghost * copies / 2.0
+    real = signal + rng.normal(0.0, noise, signal.shape)
+    return np.hypot(real, rng.normal(0.0, noise, signal.shape)).astype(np.float32)
+
+
+def _motion_flagged(images: list[np.ndarray], limits: dict[str, float]) -> bool:
+    qc = quality.KneeQC()
+    quality.check_motion(images, MOTION_SPACING_MM, limits, qc)
+    return "motion" in qc.reasons
+
+
+def test_motion_ghosts_are_caught_whatever_the_noise_and_clean_knees_pass() -> None:
+    limits = PreprocessConfig().qc
+    for noise in (0.01, 0.03, 0.06):  # SNR of the brightest tissue from about 90 down to 15
+        rng = np.random.default_rng(int(noise * 1000))
+        ghosted = [_sagittal_slice(rng, noise, ghost=0.35) for _ in range(3)]
+        clean = [_sagittal_slice(rng, noise) for _ in range(3)]
+        assert _motion_flagged(ghosted, limits), noise
+        assert not _motion_flagged(clean, limits), noise
+
+
+def test_the_unsmoothed_score_of_version_6_loses_ghosts_in_noise() -> None:
+    """Why version 7 smooths: the noise's derivative swamps the lag-0 energy, so without smoothing
+    the same ghost falls under the old limit as the noise grows (and a v6 bundle keeps its rule)."""
+    old = {"ghosting": 0.08}  # version 6 limits: no ghost_blur_mm
+    rng = np.random.default_rng(7)
+    assert _motion_flagged([_sagittal_slice(rng, 0.01, ghost=0.35) for _ in range(3)], old)
+    assert not _motion_flagged([_sagittal_slice(rng, 0.06, ghost=0.35) for _ in range(3)], old)

@@ -16,8 +16,11 @@ from kneepain.contracts import HALF_SLICES, IMAGE_SIZE
 # 2: affine fit (rigid part kept), unbiased template; 3: anatomical template frame;
 # 4: high_contrast against the knee's brightest tissue, centre search from the best-fitting start slice;
 # 5: anatomical frame from the plateaus' cartilage-to-bone edge (any contrast, fat-suppressed too);
-# 6: foreign_object against the series' noise (void_snr), not its tissue (fat-suppressed knees too)
-CONFIG_VERSION = 6
+# 6: foreign_object against the series' noise (void_snr), not its tissue (fat-suppressed knees too);
+# 7: motion's ghosting score on the anatomy's edges (ghost_blur_mm), not the noise's;
+# 8: knees registered to the template in the group's mean frame, the anatomical frame applied
+#    after (frame_pose), so a steep mean tibial slope does not start every fit degrees away
+CONFIG_VERSION = 8
 # Stored with the cache, not part of the configuration: the package version, the subject count and
 # the content hash of the merged cache (what a training run records to notice a rebuilt cache).
 INFORMATIVE_KEYS = ("package_version", "subjects", "content_sha256")
@@ -54,7 +57,8 @@ class PreprocessConfig:
             "max_rotation_deg": 25.0,
             "max_shift_mm": 30.0,
             "max_fallback_slices": 16,
-            "ghosting": 0.08,
+            "ghosting": 0.2,  # ghost / anatomy edge energy, quality.ghosting_score
+            "ghost_blur_mm": 1.0,  # the anatomy's edges, not the noise's (quality.ghosting_score)
             "blank_std_ratio": 0.15,
             "gap_ratio": 1.5,
             "bright_ratio": 2.0,  # x the knee's brightest tissue (fluid), quality.check_contrast
@@ -65,12 +69,18 @@ class PreprocessConfig:
         }
     )
     template_sha256: str = ""
+    # The anatomical frame in the template's (group mean) frame: rotation (deg), shift row and col
+    # (mm); each knee's registered pose is composed with it before the crop. A function of the
+    # template (landmarks.find_anatomical_frame), filled in with template_sha256. Zero before
+    # version 8, whose templates were themselves resampled into the anatomical frame.
+    frame_pose: tuple[float, float, float] = (0.0, 0.0, 0.0)
     version: int = CONFIG_VERSION
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
         data = asdict(self)
         data["crop_centre_mm"] = list(self.crop_centre_mm)
+        data["frame_pose"] = list(self.frame_pose)
         data["package_version"] = __version__
         return data
 
@@ -79,6 +89,7 @@ class PreprocessConfig:
         """Inverse of to_json (ignores the informative keys: package version, subject count)."""
         data = {k: v for k, v in data.items() if k not in INFORMATIVE_KEYS}
         data["crop_centre_mm"] = tuple(data["crop_centre_mm"])
+        data["frame_pose"] = tuple(data.get("frame_pose", (0.0, 0.0, 0.0)))
         if int(data.get("version", 1)) < 2:
             data.setdefault("registration_motion", "rigid")  # what version 1 caches were made with
         if int(data.get("version", 1)) < 3:

@@ -6,7 +6,7 @@ This is the unit the pipeline runs per subject and that ``predict`` reuses for a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from kneepain.preprocess import quality
 from kneepain.preprocess.centre_slice import aligned_stack, extent_centre, match_centre, start_pose
 from kneepain.preprocess.config import PreprocessConfig
 from kneepain.preprocess.crop import crop_slices, intensity_scale, to_uint8
-from kneepain.preprocess.registration import Pose, RegistrationResult, register_ecc, register_stack
+from kneepain.preprocess.registration import Pose, RegistrationResult, compose, register_ecc, register_stack
 from kneepain.preprocess.series_io import KneeVolume, SeriesError, read_knee_series
 
 
@@ -112,18 +112,46 @@ def preprocess_volume(
             config.pose_smoothing,
             config.registration_motion,
         )
-        poses = [r.pose if r is not None else (knee_pose or Pose()) for r in registrations]
         quality.check_registration(knee_pose, registrations, config.knee_pose_half, config.qc, qc)
+        registrations = in_anatomical_frame(registrations, config.frame_pose)
+        knee_pose = None if knee_pose is None else _in_frame(knee_pose, config.frame_pose)
+        poses = [r.pose if r is not None else (knee_pose or Pose()) for r in registrations]
     result.registrations = registrations
 
     centre_images = [volume.voxels[i] for i in window[half - 1 : half + 2] if 0 <= i < volume.n_slices]
-    quality.check_motion(centre_images, volume.spacing_col_mm, config.qc["ghosting"], qc)
+    quality.check_motion(centre_images, volume.spacing_col_mm, config.qc, qc)
     stack = crop_slices(volume.voxels, spacing, window, poses, config.crop_mm, size, config.crop_centre_mm)
     quality.check_blank(stack, valid, config.qc["blank_std_ratio"], qc)
     quality.check_contrast(stack, valid, config.crop_mm / size, config.qc, qc)
     result.scale = intensity_scale(stack[valid], config.intensity_percentile) if valid.any() else 1.0
     result.pixels = to_uint8(stack, result.scale)
     return result
+
+
+def _in_frame(pose: Pose, frame: tuple[float, float, float]) -> Pose:
+    """A pose found against the template (canonical to image) from the anatomical frame instead."""
+    return Pose.from_matrix(compose(pose, Pose(*frame)))
+
+
+def in_anatomical_frame(
+    registrations: list[RegistrationResult | None], frame: tuple[float, float, float]
+) -> list[RegistrationResult | None]:
+    """Each slice's fit expressed from the anatomical frame (``frame_pose``: the frame in the
+    template's frame); what the crop, registration.csv and the truth masks use. QC judged the fits
+    against the template first, where a plausible pose is one near the cohort's mean."""
+    if not any(frame):
+        return registrations
+    to_template = Pose(*frame)
+    return [
+        None
+        if r is None
+        else replace(
+            r,
+            pose=_in_frame(r.pose, frame),
+            affine=None if r.affine is None else compose(r.affine, to_template),
+        )
+        for r in registrations
+    ]
 
 
 def preprocess_knee(

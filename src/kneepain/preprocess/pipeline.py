@@ -40,7 +40,7 @@ from kneepain.preprocess.protocol_check import bundle_acquisition, check_protoco
 from kneepain.preprocess.qc_audit import audit_warnings, write_qc_audit
 from kneepain.preprocess.registration import MOVING_MARGIN_MM
 from kneepain.preprocess.series_io import SeriesError, read_knee_series
-from kneepain.preprocess.template import TemplateKnee, build_templates, window_on_grid
+from kneepain.preprocess.template import TemplateKnee, build_templates, frame_pose, window_on_grid
 from kneepain.workers import die_with_parent, kill_point
 
 TEMPLATE_SEARCH = 2  # slices either side of a template knee's centre guess searched each round
@@ -277,6 +277,9 @@ def _template_record(config: PreprocessConfig) -> dict[str, Any]:
         "template_subjects": config.template_subjects,
         "registration_motion": config.registration_motion,
         "template_frame": config.template_frame,
+        # Configurations 3-7 resampled anatomical templates into their frame; from 8 they stay in the
+        # group's frame and the frame is applied after registration (config.frame_pose).
+        "resampled_into_frame": config.template_frame == "anatomical" and config.version < 8,
     }
 
 
@@ -293,6 +296,7 @@ def _check_template_record(path: Path, config: PreprocessConfig) -> None:
         return  # a template given with --template: only its shape is checked
     wanted = _template_record(config)
     record.setdefault("template_frame", "group_mean")  # records from before the anatomical frame
+    record.setdefault("resampled_into_frame", record["template_frame"] == "anatomical")  # before 8
     differing = sorted(k for k, v in wanted.items() if k in record and record[k] != v)
     if differing:
         raise CacheMismatchError(
@@ -419,7 +423,9 @@ def _templates_for(
     if stored_config.exists():
         stored = read_config(stored_config)
         cache_io.check_same_config(
-            stored, replace(config, template_sha256=stored.template_sha256), stored_config
+            stored,
+            replace(config, template_sha256=stored.template_sha256, frame_pose=stored.frame_pose),
+            stored_config,
         )
         if given is not None and array_sha256(given) != stored.template_sha256:
             raise CacheMismatchError(
@@ -447,7 +453,16 @@ def _templates_for(
     else:
         built, record = _build_templates(work, config, subjects, folders, centres, workers)
         templates = cache_io.store_template_once(work, built, record)
-    return replace(config, template_sha256=array_sha256(templates)), templates
+    return (
+        replace(
+            config,
+            template_sha256=array_sha256(templates),
+            frame_pose=frame_pose(templates, config.template_frame)
+            if config.version >= 8
+            else (0.0, 0.0, 0.0),
+        ),
+        templates,
+    )
 
 
 def _finished(folder: Path, subjects: list[str], image_size: int, prints: dict[str, str]) -> dict[str, str]:

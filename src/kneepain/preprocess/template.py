@@ -18,10 +18,12 @@ built the way unbiased atlases are:
 4. rounds repeat until the ``M`` removed is within 0.25 mm / 0.25 degrees / 0.5% scale of the
    identity (what is left after that is an order of magnitude smaller), at most three;
 5. ``frame="anatomical"``: the tibial plateau and eminence are found in the result
-   (``landmarks.py``) and the templates are made once more through every knee's fit composed with
-   that frame, so the plateau is level and the canonical centre lies above the eminence; the
-   height stays the group's. When the landmarks are not found the group's frame is kept and the
-   reason recorded.
+   (``landmarks.py``). The templates stay in the group's frame, where the knees lie on average,
+   so each knee's registration starts near its answer; the frame (``frame_pose`` in the
+   configuration) is composed with every knee's registered pose before the crop, so the cache's
+   plateau is level and its centre lies above the eminence; the height stays the group's. When
+   the landmarks are not found the group's frame is kept and the reason recorded. (Up to
+   configuration 7 the templates themselves were resampled into the frame.)
 
 One fit per knee (not per slice) aligns all 23 offsets with the same map, so the 23 template
 frames agree by construction. With n knees whose poses scatter by s, the frame sits about s /
@@ -161,14 +163,23 @@ def build_templates(
             and abs(scale - 1.0) < CONVERGED_SCALE
         ):
             break
-    anatomical = None
-    if frame == "anatomical":
-        anatomical = find_anatomical_frame(templates)
-        if anatomical.found:  # resample the knees once more (not the template: one interpolation)
-            to_template = anatomical.matrix()
-            fits = [None if f is None else compose(f, to_template) for f in fits]
-            templates = _median_template(knees, fits, half, field_px)
+    # The templates stay in the group's frame, where the knees lie on average: registration starts
+    # each knee at the identity, and a template turned to level a steep mean tibial slope (7 deg on
+    # the challenge phantom) started every knee that far off, so fits of knees that look unlike the
+    # median (large effusions) stalled (configuration 7). The frame is applied after registration.
+    anatomical = find_anatomical_frame(templates) if frame == "anatomical" else None
     return templates.astype(np.float32), history, anatomical
+
+
+def frame_pose(templates: np.ndarray, frame: str) -> tuple[float, float, float]:
+    """The anatomical frame in the templates' frame (rotation deg, shift row mm, shift col mm), or
+    zero for the group's frame or when the landmarks are not found (the fallback)."""
+    if frame != "anatomical":
+        return (0.0, 0.0, 0.0)
+    anatomical = find_anatomical_frame(templates)
+    if not anatomical.found:
+        return (0.0, 0.0, 0.0)
+    return (anatomical.plateau_angle_deg, anatomical.shift_row_mm, anatomical.shift_col_mm)
 
 
 def _sample(image: np.ndarray, spacing: tuple[float, float], fit: np.ndarray, field: int) -> np.ndarray:
