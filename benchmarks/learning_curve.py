@@ -1,6 +1,6 @@
 """Learning curve: out-of-fold AUC and gap to the oracle against the number of participants (issue 24).
 
-    .venv/bin/python benchmarks/learning_curve.py --root /tmp/curve/lc \\
+    .venv/bin/python benchmarks/learning_curve.py --root /tmp/curve/lc --prune --publish \\
         --sizes 100 200 300 500 --seeds 2401 2402 2403 --out docs/learning_curve.json
     .venv/bin/python benchmarks/learning_curve.py --fast --root /tmp/lc-fast --out /tmp/lc-fast/curve.json
 
@@ -10,7 +10,9 @@ as a user would: ``kneepain synth --subjects N --seed S``, ``ingest``, ``preproc
 seed of the smallest size first), so a run stopped at any point leaves complete sizes. The cell
 records every finished step with its wall and CPU seconds in ``cell.json``; the same command
 continues where a killed run stopped (a killed synth is redone, ingest is replaced whole,
-preprocess and cv resume).
+preprocess and cv resume). ``--prune`` deletes a finished cell's DICOM images and slice cache (about
+3 GB per 100 participants; 500 participants x 3 seeds would need 50 GB); ``--publish`` writes the
+per-size summary into the package, which ``kneepain evaluate`` draws each run against.
 
 Separate cohorts per size, not subsets of one large cohort: ``kneepain synth`` draws each person from
 (seed, index), but the participant ids, image folders and DICOM headers depend on the cohort's
@@ -166,6 +168,23 @@ class Cell:
             self.record["result"] = cell_result(self.cohort, self.run_dir)
             self.save()
 
+    def prune(self) -> None:
+        """Remove what a finished cell no longer needs (the DICOM images, the slice cache: about
+        3 GB per 100 participants); its truth tables, run folder and figures stay."""
+        if "result" not in self.record:
+            return
+        for bulky in (
+            self.cohort / "images",
+            self.work / "preprocess" / "cache.npy",
+            self.work / "preprocess" / "parts",
+        ):
+            if bulky.is_dir():
+                shutil.rmtree(bulky)
+            elif bulky.exists():
+                bulky.unlink()
+        self.record["pruned"] = True
+        self.save()
+
     def save(self) -> None:
         steps = self.record["steps"]
         self.record["complete"] = all(self.done(step) for step in STEPS)
@@ -226,12 +245,14 @@ def summarize(cells: list[Cell], plan: Plan) -> dict[str, Any]:
         auc_mean, auc_sd = _mean_sd([r["auc"] for r in done])
         gap_mean, gap_sd = _mean_sd([r["gap"] for r in done])
         oracle_mean, oracle_sd = _mean_sd([r["oracle_same_subjects"] for r in done])
+        evaluated_mean, _ = _mean_sd([r["n_evaluated"] for r in done])
         fold_auc_sd, _ = _mean_sd([r["fold_auc_sd"] for r in done if r["fold_auc_sd"] is not None])
         fold_gap_sd, _ = _mean_sd([r["fold_gap_sd"] for r in done if r["fold_gap_sd"] is not None])
         sizes.append(
             {
                 "size": size,
                 "seeds_done": [c.seed for c in cells if c.size == size and "result" in c.record],
+                "n_evaluated_mean": evaluated_mean,
                 "auc_mean": auc_mean,
                 "auc_sd_between_seeds": auc_sd,
                 "oracle_mean": oracle_mean,
@@ -332,11 +353,36 @@ def plot(doc: dict[str, Any], stem: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(cells: list[Cell], plan: Plan, out: Path) -> dict[str, Any]:
+# What `kneepain evaluate` draws each run against (kneepain/evaluate/cohort_size.py).
+PUBLISHED = Path(__file__).resolve().parents[1] / "src" / "kneepain" / "evaluate" / "learning_curve.json"
+
+
+def published_summary(doc: dict[str, Any]) -> dict[str, Any]:
+    """The per-size figures the package carries (no cells, no paths)."""
+    keys = ("size", "seeds_done", "n_evaluated_mean", "auc_mean", "auc_sd_between_seeds", "oracle_mean",
+            "gap_mean", "gap_sd_between_seeds", "fold_auc_sd_mean")  # fmt: skip
+    return {
+        "source": "benchmarks/learning_curve.py (docs/learning_curve.json, docs/experiments.md)",
+        "synthetic": True,
+        "note": doc["note"],
+        "plan": doc["plan"],
+        "cells_done": doc["cells_done"],
+        "cells_planned": doc["cells_planned"],
+        "sizes": [
+            {k: round(size[k], 4) if isinstance(size[k], float) else size[k] for k in keys}
+            for size in doc["sizes"]
+            if size["auc_mean"] is not None
+        ],
+    }
+
+
+def write_outputs(cells: list[Cell], plan: Plan, out: Path, publish: bool = False) -> dict[str, Any]:
     doc = summarize(cells, plan)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, doc)
     plot(doc, out.with_suffix(""))
+    if publish:
+        write_json(PUBLISHED, published_summary(doc))
     return doc
 
 
@@ -351,6 +397,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="Override the preset's epochs.")
     parser.add_argument("--fast", action="store_true", help="Seconds-long plumbing check (tests).")
     parser.add_argument("--summarize-only", action="store_true", help="Rewrite JSON and figure; run nothing.")
+    parser.add_argument(
+        "--prune", action="store_true", help="Delete each finished cell's images and slice cache (disk)."
+    )
+    parser.add_argument(
+        "--publish", action="store_true", help=f"Also write the summary evaluate draws on ({PUBLISHED.name})."
+    )
     options = parser.parse_args(argv)
     plan = (
         FAST
@@ -365,12 +417,14 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             cell.run()
+            if options.prune:
+                cell.prune()
         except RuntimeError as error:
-            write_outputs(cells, plan, options.out)
+            write_outputs(cells, plan, options.out, options.publish)
             print(error, file=sys.stderr)
             return 1
-        write_outputs(cells, plan, options.out)
-    doc = write_outputs(cells, plan, options.out)
+        write_outputs(cells, plan, options.out, options.publish)
+    doc = write_outputs(cells, plan, options.out, options.publish)
     print(f"{doc['cells_done']} of {doc['cells_planned']} cells done; {options.out}")
     return 0
 

@@ -204,3 +204,45 @@ def test_unusable_tables_give_a_clear_error_not_a_traceback(work: Path) -> None:
     result = evaluate(str(run))
     assert result.exit_code == 2
     assert "AUC undefined: all 60 subjects have label 1" in " ".join(result.output.split())
+
+
+def test_the_run_is_drawn_over_the_packaged_learning_curve(work: Path) -> None:
+    from kneepain.evaluate.cohort_size import read_learning_curve
+    from kneepain.report.html import build_report
+
+    curve = read_learning_curve()
+    assert curve is not None, "the package carries kneepain/evaluate/learning_curve.json"
+    assert curve["synthetic"] is True and curve["sizes"]
+    cohort = write_cohort(work)
+    run = write_run(work, "kneenet", cohort)
+    assert evaluate(str(run)).exit_code == 0
+    out = run / "evaluation"
+    assert (out / "cohort_size.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((out / "metrics.json").read_text())
+    reference = metrics["cohort_size_reference"]
+    assert reference["run_n_evaluated"] == metrics["n"] == 60
+    assert reference["run_auc"] == metrics["auc"]
+    # the curve's size whose evaluated participants are nearest to 60
+    nearest = min(curve["sizes"], key=lambda s: abs(s["n_evaluated_mean"] - 60))
+    assert reference["cohort_size"] == nearest["size"]
+    assert reference["auc_mean"] == nearest["auc_mean"]
+    html = build_report(run).read_text()
+    assert 'id="cohort_size-image"' in html
+    assert "describes the generator, not patients" in html
+
+
+def test_the_nearest_size_follows_the_evaluated_participants() -> None:
+    from kneepain.evaluate.cohort_size import cohort_size_caption, cohort_size_reference
+
+    def size(n: int, evaluated: float, auc: float) -> dict[str, object]:
+        return {"size": n, "seeds_done": [1, 2, 3], "n_evaluated_mean": evaluated, "auc_mean": auc,
+                "auc_sd_between_seeds": 0.05, "oracle_mean": 0.9, "gap_mean": 0.9 - auc,
+                "gap_sd_between_seeds": 0.04}  # fmt: skip
+
+    curve = {"plan": {"preset": "small", "folds": 5}, "sizes": [size(100, 82, 0.6), size(300, 245, 0.8)]}
+    assert cohort_size_reference(curve, 150, 0.7)["cohort_size"] == 100  # 68 from 82, 95 from 245
+    reference = cohort_size_reference(curve, 200, 0.7)
+    assert reference["cohort_size"] == 300
+    assert "Synthetic cohorts of 300 participants (about 245 evaluated) gave AUC 0.800" in (
+        cohort_size_caption(reference)
+    )

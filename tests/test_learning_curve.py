@@ -61,3 +61,26 @@ def test_a_killed_curve_reruns_only_the_steps_it_had_not_finished(fast_curve: tu
     assert doc["cells_done"] == 1 and doc["cells"][0]["result"]["auc"] == pytest.approx(before)
     log = (cell_dir / "log.txt").read_text(encoding="utf-8")
     assert log.count(" synth --out ") == 1 and log.count(" evaluate ") == 2
+
+
+def test_the_published_summary_is_the_curve_evaluate_reads(fast_curve: tuple[Path, Path]) -> None:
+    """What --publish writes into the package is the curve's per-size figures, read back by evaluate."""
+    import importlib.util
+
+    from kneepain.evaluate.cohort_size import cohort_size_reference
+
+    _, out = fast_curve
+    spec = importlib.util.spec_from_file_location("learning_curve", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    summary = module.published_summary(doc)
+    assert summary["synthetic"] is True and summary["cells_done"] == doc["cells_done"]
+    (size,) = summary["sizes"]
+    assert size["size"] == doc["sizes"][0]["size"]
+    assert size["auc_mean"] == pytest.approx(doc["sizes"][0]["auc_mean"], abs=1e-4)
+    assert size["n_evaluated_mean"] == pytest.approx(doc["cells"][0]["result"]["n_evaluated"])
+    reference = cohort_size_reference(summary, size["n_evaluated_mean"], 0.7)
+    assert reference["cohort_size"] == size["size"] and reference["run_auc"] == 0.7

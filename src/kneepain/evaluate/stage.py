@@ -13,6 +13,7 @@ from typing import Any
 
 from kneepain.contracts import PREDICTIONS_TABLE, WorkPaths
 from kneepain.evaluate.balance import FOLD_BALANCE_TABLE, fold_balance
+from kneepain.evaluate.cohort_size import cohort_size_reference, plot_cohort_size, read_learning_curve
 from kneepain.evaluate.compare import compare_runs, comparison_table
 from kneepain.evaluate.delong import OneClassError, delong_ci
 from kneepain.evaluate.figures import RocCurve, plot_calibration, plot_roc
@@ -96,6 +97,9 @@ def evaluate_run(run_dir: str | Path, options: EvaluateOptions | None = None) ->
     metrics["synthetic"] = bool(evidence)
     metrics["synthetic_evidence"] = evidence
     metrics["excluded"] = run.excluded.to_dict(orient="records")
+    curve = read_learning_curve()
+    if curve is not None:
+        metrics["cohort_size_reference"] = cohort_size_reference(curve, len(labels), summary["auc"])
     comparisons = comparison_table([compare_runs(run, other) for other in others])
     calibration = reliability_table(labels, scores)
     metrics["comparisons"] = comparisons.to_dict(orient="records")
@@ -113,6 +117,8 @@ def evaluate_run(run_dir: str | Path, options: EvaluateOptions | None = None) ->
         curves = [_roc_curve(run, options.level)] + [_roc_curve(other, options.level) for other in others]
         plot_roc(curves, tmp / "roc", title="ROC, out-of-fold predictions")
         plot_calibration(calibration, brier_score(labels, scores), tmp / "calibration", title="Calibration")
+        if curve is not None:
+            plot_cohort_size(curve, len(labels), summary["auc"], tmp / "cohort_size")
         balance = fold_balance(run.predictions, run.run_dir)
         if balance is not None:
             write_csv(tmp / FOLD_BALANCE_TABLE, balance)

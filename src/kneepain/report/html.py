@@ -29,6 +29,7 @@ from kneepain.contracts import (
     read_run_info,
     run_work_folder,
 )
+from kneepain.evaluate.cohort_size import cohort_size_caption
 from kneepain.evaluate.provenance import software_versions, synthetic_evidence
 from kneepain.evaluate.tables import comparison_rows, describe_run, fmt, fmt_auc, fmt_p, subgroup_rows
 from kneepain.fileio import write_text
@@ -255,6 +256,20 @@ def _image_section(key: str, title: str, image: Path, missing: str, caption: str
     else:
         section.missing = missing
     return section
+
+
+def _cohort_size_section(metrics: dict[str, Any] | None, evaluation: Path) -> Section:
+    """The run over the project's synthetic learning curve (evaluate's cohort_size.png)."""
+    reference = (metrics or {}).get("cohort_size_reference")
+    image = evaluation / "cohort_size.png"
+    if not reference or not image.exists():
+        section = Section("cohort_size", "AUC against cohort size")
+        section.missing = (
+            f"no learning curve to compare with ({image} not found: evaluate was not run, or this "
+            "installation carries no kneepain/evaluate/learning_curve.json)."
+        )
+        return section
+    return _image_section("cohort_size", "AUC against cohort size", image, "", cohort_size_caption(reference))
 
 
 def _show_subgroups(section: Section, table: pd.DataFrame) -> None:
@@ -852,6 +867,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             f"evaluate was not run ({evaluation / 'roc.png'} not found).",
             roc_caption,
         ),
+        _cohort_size_section(metrics, evaluation),
         _csv_section(
             "subgroups",
             "Subgroups (the paper's Figure 4C)",
