@@ -164,6 +164,19 @@ class TestRegistration:
         assert np.abs(back - image)[30:70, 30:70].max() < 0.02
 
 
+def grid_volume(voxels: np.ndarray, name: str) -> KneeVolume:
+    """A left knee's slices on the 1 mm grid, 3 mm apart, as a series reader would return them."""
+    return KneeVolume(
+        voxels=voxels,
+        spacing_row_mm=1.0,
+        spacing_col_mm=1.0,
+        slice_positions_mm=np.arange(len(voxels)) * 3.0,
+        series_index=np.arange(len(voxels)),
+        side="left",
+        path=Path(name),
+    )
+
+
 def template_knees(n: int, half: int, search: int, seed: int = 0) -> tuple[list[TemplateKnee], np.ndarray]:
     """``n`` blob 'knees' on the 1 mm grid (a different blob pattern per slice offset) at random
     poses and sizes; returns the knees and their true poses [deg, row mm, col mm]."""
@@ -176,16 +189,7 @@ def template_knees(n: int, half: int, search: int, seed: int = 0) -> tuple[list[
         voxels = np.stack(
             [blob_image((128, 128), (1.0, 1.0), pose, seed=100 + j, scale=scale) for j in offsets]
         )
-        volume = KneeVolume(
-            voxels=voxels,
-            spacing_row_mm=1.0,
-            spacing_col_mm=1.0,
-            slice_positions_mm=np.arange(len(voxels)) * 3.0,
-            series_index=np.arange(len(voxels)),
-            side="left",
-            path=Path("blobs"),
-        )
-        knees.append(TemplateKnee(volume, half + search))
+        knees.append(TemplateKnee(grid_volume(voxels, "blobs"), half + search))
         poses.append([pose.rotation_deg, pose.shift_row_mm, pose.shift_col_mm])
     return knees, np.array(poses)
 
@@ -263,16 +267,7 @@ def test_templates_stay_where_the_knees_lie_when_the_plateau_slopes() -> None:
     for _ in range(6):
         pose = (8.0 + rng.uniform(-1.5, 1.5), rng.uniform(-2, 2), rng.uniform(-2, 2))
         voxels = knee_templates(*pose, bone_scale=1.0, field=128, half=half + search)
-        volume = KneeVolume(
-            voxels=voxels,
-            spacing_row_mm=1.0,
-            spacing_col_mm=1.0,
-            slice_positions_mm=np.arange(len(voxels)) * 3.0,
-            series_index=np.arange(len(voxels)),
-            side="left",
-            path=Path("rendered"),
-        )
-        knees.append(TemplateKnee(volume, half + search))
+        knees.append(TemplateKnee(grid_volume(voxels, "rendered"), half + search))
     templates, _, frame = build_templates(knees, half, 80, core_half=3, search=search)
     assert frame is not None and frame.found, frame and frame.reason
     assert 6.0 < frame.plateau_angle_deg < 10.0  # the group's slope, seen in the templates
