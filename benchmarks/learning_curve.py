@@ -333,8 +333,11 @@ def plot(doc: dict[str, Any], stem: Path) -> None:
         )  # fmt: skip
     axes[0].set_ylabel("pooled out-of-fold AUC")
     axes[0].set_title("Out-of-fold AUC")
-    low, high = axes[0].get_ylim()
-    axes[0].set_ylim(max(low, 0.4), min(high, 1.0))
+    lowest = min([c["result"]["auc"] for c in cells] + [0.5])
+    axes[0].set_ylim(min(0.45, lowest - 0.05), 1.0)  # every cohort's dot stays in view
+    span = max(doc["plan"]["sizes"]) - min(doc["plan"]["sizes"])
+    for panel in axes:  # both panels over every planned size, finished or not
+        panel.set_xlim(min(doc["plan"]["sizes"]) - 0.06 * span, max(doc["plan"]["sizes"]) + 0.1 * span)
     axes[1].axhline(TARGET_GAP, color="C3", ls=":", lw=1.5, label=f"target gap {TARGET_GAP}")
     axes[1].set_ylabel("oracle AUC minus out-of-fold AUC")
     axes[1].set_title("Gap to the oracle (lower is better)")
