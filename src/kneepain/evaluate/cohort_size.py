@@ -36,9 +36,9 @@ def nearest_size(curve: dict[str, Any], n_evaluated: int) -> dict[str, Any]:
 
 
 def cohort_size_reference(curve: dict[str, Any], n_evaluated: int, auc: float) -> dict[str, Any]:
-    """What metrics.json keeps: the nearest size's figures beside this run's."""
+    """What metrics.json keeps: the nearest size's figures beside this run's, and the report's caption."""
     size = nearest_size(curve, n_evaluated)
-    return {
+    reference = {
         "source": curve.get("source", "benchmarks/learning_curve.py"),
         "synthetic": True,
         "run_n_evaluated": int(n_evaluated),
@@ -53,6 +53,7 @@ def cohort_size_reference(curve: dict[str, Any], n_evaluated: int, auc: float) -
         "gap_mean": size["gap_mean"],
         "gap_sd_between_seeds": size["gap_sd_between_seeds"],
     }
+    return reference | {"caption": cohort_size_caption(reference)}
 
 
 def cohort_size_caption(reference: dict[str, Any]) -> str:

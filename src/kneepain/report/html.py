@@ -29,7 +29,6 @@ from kneepain.contracts import (
     read_run_info,
     run_work_folder,
 )
-from kneepain.evaluate.cohort_size import cohort_size_caption
 from kneepain.evaluate.provenance import software_versions, synthetic_evidence
 from kneepain.evaluate.tables import comparison_rows, describe_run, fmt, fmt_auc, fmt_p, subgroup_rows
 from kneepain.fileio import write_text
@@ -269,7 +268,8 @@ def _cohort_size_section(metrics: dict[str, Any] | None, evaluation: Path) -> Se
             "installation carries no kneepain/evaluate/learning_curve.json)."
         )
         return section
-    return _image_section("cohort_size", "AUC against cohort size", image, "", cohort_size_caption(reference))
+    caption = str(reference.get("caption", ""))  # written by evaluate (cohort_size.py)
+    return _image_section("cohort_size", "AUC against cohort size", image, "", caption)
 
 
 def _show_subgroups(section: Section, table: pd.DataFrame) -> None:
