@@ -243,6 +243,9 @@ def test_the_nearest_size_follows_the_evaluated_participants() -> None:
     assert cohort_size_reference(curve, 150, 0.7)["cohort_size"] == 100  # 68 from 82, 95 from 245
     reference = cohort_size_reference(curve, 200, 0.7)
     assert reference["cohort_size"] == 300
-    assert "Synthetic cohorts of 300 participants (about 245 evaluated) gave AUC 0.800" in (
+    assert "Synthetic cohorts of 300 participants (about 245 evaluated) gave AUC 0.800 ± 0.050" in (
         cohort_size_caption(reference)
     )
+    single = curve["sizes"][1] | {"auc_sd_between_seeds": None, "gap_sd_between_seeds": None}
+    alone = cohort_size_reference(curve | {"sizes": [single]}, 200, 0.7)  # one cohort done: no SD
+    assert "AUC 0.800 (one cohort: no spread yet)" in alone["caption"]

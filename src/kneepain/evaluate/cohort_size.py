@@ -59,15 +59,17 @@ def cohort_size_reference(curve: dict[str, Any], n_evaluated: int, auc: float) -
 def cohort_size_caption(reference: dict[str, Any]) -> str:
     """The report's caption under the figure."""
     preset, folds = reference["preset"], reference["folds"]
+    sd = reference["auc_sd_between_seeds"]
+    spread = f" ± {sd:.3f} between cohorts" if sd is not None else " (one cohort: no spread yet)"
+    auc = f"{reference['auc_mean']:.3f}{spread}"
     return (
         f"This run's pooled AUC at its {reference['run_n_evaluated']} evaluated participants (red), over "
         f"the project's learning curve on synthetic cohorts ({preset} preset, {folds} folds, "
         f"{reference['seeds']} fresh seeds per size; squares: mean, bars: SD between cohorts; dashed: the "
         f"generator's oracle). Synthetic cohorts of {reference['cohort_size']} participants "
-        f"(about {reference['n_evaluated_mean']:.0f} evaluated) gave AUC {reference['auc_mean']:.3f} "
-        f"± {reference['auc_sd_between_seeds']:.3f} between cohorts, {reference['gap_mean']:.3f} below "
-        "the oracle. It describes the generator, not patients: read it for how much an AUC at this "
-        "size varies between cohorts, not for the AUC real knees give."
+        f"(about {reference['n_evaluated_mean']:.0f} evaluated) gave AUC {auc}, "
+        f"{reference['gap_mean']:.3f} below the oracle. It describes the generator, not patients: read "
+        "it for how much an AUC at this size varies between cohorts, not for the AUC real knees give."
     )
 
 
