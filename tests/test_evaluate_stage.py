@@ -243,7 +243,7 @@ def test_the_nearest_size_follows_the_evaluated_participants() -> None:
     assert cohort_size_reference(curve, 150, 0.7)["cohort_size"] == 100  # 68 from 82, 95 from 245
     reference = cohort_size_reference(curve, 200, 0.7)
     assert reference["cohort_size"] == 300
-    assert "Synthetic cohorts of 300 participants (about 245 evaluated) gave AUC 0.800 ± 0.050" in (
+    assert "3 synthetic cohorts of 300 participants (about 245 evaluated) gave AUC 0.800 ± 0.050" in (
         cohort_size_caption(reference)
     )
     single = curve["sizes"][1] | {"auc_sd_between_seeds": None, "gap_sd_between_seeds": None}

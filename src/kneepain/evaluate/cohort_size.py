@@ -64,9 +64,9 @@ def cohort_size_caption(reference: dict[str, Any]) -> str:
     auc = f"{reference['auc_mean']:.3f}{spread}"
     return (
         f"This run's pooled AUC at its {reference['run_n_evaluated']} evaluated participants (red), over "
-        f"the project's learning curve on synthetic cohorts ({preset} preset, {folds} folds, "
-        f"{reference['seeds']} fresh seeds per size; squares: mean, bars: SD between cohorts; dashed: the "
-        f"generator's oracle). Synthetic cohorts of {reference['cohort_size']} participants "
+        f"the project's learning curve on fresh synthetic cohorts ({preset} preset, {folds} folds; "
+        "squares: mean, bars: SD between cohorts; dashed: the generator's oracle). "
+        f"{reference['seeds']} synthetic cohorts of {reference['cohort_size']} participants "
         f"(about {reference['n_evaluated_mean']:.0f} evaluated) gave AUC {auc}, "
         f"{reference['gap_mean']:.3f} below the oracle. It describes the generator, not patients: read "
         "it for how much an AUC at this size varies between cohorts, not for the AUC real knees give."
