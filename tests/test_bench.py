@@ -131,3 +131,36 @@ def test_an_unknown_section_is_refused_and_an_earlier_report_kept(tmp_path: Path
     assert result.exit_code != 0
     assert "warp_drive" in result.output
     assert json.loads(out.read_text()) == {"earlier": True}
+
+
+def test_the_comparison_runs_at_the_size_and_precision_asked_for(quick_run, tmp_path) -> None:
+    """`--comparison-preset FILE.toml` and `--comparison-precision` reach published_vs_ours
+    (the paper size is this with `paper`; a 16-px SGD network keeps the test in seconds)."""
+    _, space, _ = quick_run
+    toml = tmp_path / "sgd16.toml"
+    toml.write_text(
+        '[model]\nwidth = 0.0625\ninput_size = 16\nmode = "joint"\n'
+        '[optim]\noptimizer = "sgd"\nbatch_size = 4\n[runtime]\nprecision = "auto"\n'
+    )
+    out = tmp_path / "comparison.json"
+    args = ["bench", "--quick", "--threads", "1", "--sections", "published_vs_ours", "--work-dir", str(space)]
+    args += ["--comparison-preset", str(toml), "--comparison-precision", "fp32", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    section = json.loads(out.read_text())["sections"]["published_vs_ours"]
+    assert section["status"] == OK
+    assert section["network"] == {"preset": str(toml), "width": 0.0625, "input_size": 16}
+    assert section["optimizer"] == "sgd" and section["batch_size"] == 4
+    assert section["precision"]["ours"] == {"precision": "fp32", "requested": "fp32", "reason": "asked for"}
+    assert [row["status"] for row in section["rows"]] == [OK, OK, OK]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "named"),
+    [("--comparison-preset", "huge", "huge"), ("--comparison-precision", "fp8", "fp8")],
+)
+def test_a_bad_comparison_setting_is_refused_before_any_work(tmp_path, option, value, named) -> None:
+    out = tmp_path / "results.json"
+    result = CliRunner().invoke(app, ["bench", "--quick", option, value, "--out", str(out)])
+    assert result.exit_code != 0 and named in result.output
+    assert not out.exists()

@@ -37,6 +37,7 @@ from torch.nn import functional
 from kneepain.bench.report import OK, failed
 from kneepain.bench.workspace import BenchInputError, Workspace
 from kneepain.contracts import N_SLICES, WorkPaths, open_cache, training_table
+from kneepain.hardware import resolve_precision
 from kneepain.model.branches import build_branch
 from kneepain.model.inputs import resize
 
@@ -46,6 +47,7 @@ class ComparisonOptions:
     """Network size and training length shared by every row."""
 
     preset: str = "small"  # architecture and optimizer of this preset (joint/paper mode set per row)
+    precision: str | None = None  # our rows' precision request; None: the preset's (published: fp32)
     epochs: int = 2
     subjects: int = 24
 
@@ -210,6 +212,9 @@ def measure_published_vs_ours(
     labels = table["label"].to_numpy(np.int64)
     arch, config = preset(options.preset)
     config = replace(config, epochs=options.epochs, patience=0, device=device.type)
+    if options.precision is not None:
+        config = replace(config, precision=options.precision)
+    precision = resolve_precision(config.precision, device)
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="kneepain-bench-", dir=space.scratch) as tmp:
         scratch = Path(tmp)
@@ -254,6 +259,7 @@ def measure_published_vs_ours(
         "network": {"preset": options.preset, "width": arch.width, "input_size": arch.input_size},
         "batch_size": config.batch_size,
         "optimizer": config.optimizer,
+        "precision": {"published style": "fp32", "ours": precision.to_json()},
         "device": str(device),
         "files_s": files_s,
         "speedup_joint_vs_published": joint,

@@ -23,6 +23,7 @@ import torch
 from kneepain import __version__
 from kneepain.bench.machine import load_average, machine_info
 from kneepain.bench.report import guarded, skipped
+from kneepain.config import preset_path
 
 SECTIONS = ("preprocessing", "headers", "training", "published_vs_ours", "predict")
 
@@ -45,6 +46,8 @@ class BenchOptions:
     epochs: int | None = None
     width: float | None = None  # training section's network (default: the paper's 1.0; quick 0.125)
     input_size: int | None = None  # (default 224; quick 64)
+    comparison_preset: str | None = None  # published_vs_ours network and optimizer (small; quick tiny)
+    comparison_precision: str | None = None  # our rows' precision (default: the preset's)
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.sections if s not in SECTIONS]
@@ -54,6 +57,11 @@ class BenchOptions:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.width is not None and self.width <= 0:
             raise ValueError(f"width must be positive, got {self.width}")
+        if self.comparison_preset is not None:
+            preset_path(self.comparison_preset)  # an unknown name or a missing file fails before any work
+        if self.comparison_precision not in (None, "auto", "fp32", "bf16"):
+            asked = self.comparison_precision
+            raise ValueError(f"comparison precision must be auto, fp32 or bf16, got {asked!r}")
         if self.input_size is not None and self.input_size < 16:
             raise ValueError(f"input_size must be at least 16, got {self.input_size}")
         for name in ("subjects", "pairs", "steps", "rounds", "epochs", "threads", "workers"):
@@ -92,7 +100,8 @@ def _sections(options: BenchOptions, device: torch.device, space) -> dict[str, C
         peak_seconds=0.3 if quick else 1.0,
     )
     comparison = ComparisonOptions(
-        preset="tiny" if quick else "small",
+        preset=options.comparison_preset or ("tiny" if quick else "small"),
+        precision=options.comparison_precision,
         epochs=options.epochs or (1 if quick else 2),
         subjects=space.subjects,
     )

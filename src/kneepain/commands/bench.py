@@ -45,6 +45,18 @@ def register(app: typer.Typer) -> None:
         epochs: int | None = typer.Option(None, help="Published-vs-ours: epochs of every run (2)."),
         width: float | None = typer.Option(None, help="Training section: channel scale (1.0; quick 0.125)."),
         input_size: int | None = typer.Option(None, help="Training section: slice size (224; quick 64)."),
+        comparison_preset: str | None = typer.Option(
+            None,
+            "--comparison-preset",
+            help="Published-vs-ours: network, input size and optimizer of this preset or TOML file "
+            "(small; quick tiny; paper = width 1.0 at 224 px).",
+        ),
+        comparison_precision: str | None = typer.Option(
+            None,
+            "--comparison-precision",
+            help="Published-vs-ours: precision of our rows, auto | fp32 | bf16 (default: the preset's; "
+            "the published row is fp32, as the published code).",
+        ),
     ) -> None:
         """Measure training, published-vs-ours, preprocessing, DICOM headers and predict speed."""
         from kneepain.bench.report import print_report, write_report
@@ -55,7 +67,8 @@ def register(app: typer.Typer) -> None:
                 sections=tuple(s.strip() for s in sections.split(",") if s.strip()),
                 device=device, quick=quick, work_dir=work_dir, subjects=subjects, seed=seed,
                 workers=workers, threads=threads, pairs=pairs, steps=steps, rounds=rounds, epochs=epochs,
-                width=width, input_size=input_size,
+                width=width, input_size=input_size, comparison_preset=comparison_preset,
+                comparison_precision=comparison_precision,
             )  # fmt: skip
             if work_dir is not None and work_dir.exists() and not work_dir.is_dir():
                 raise ValueError(f"--work-dir {work_dir}: not a folder")
