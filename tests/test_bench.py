@@ -157,10 +157,15 @@ def test_the_comparison_runs_at_the_size_and_precision_asked_for(quick_run, tmp_
 
 @pytest.mark.parametrize(
     ("option", "value", "named"),
-    [("--comparison-preset", "huge", "huge"), ("--comparison-precision", "fp8", "fp8")],
+    [
+        ("--comparison-preset", "huge", "huge"),
+        ("--comparison-precision", "fp8", "fp8"),
+        ("--comparison-precision", "fp16", "CUDA"),  # a precision this device cannot run
+    ],
 )
 def test_a_bad_comparison_setting_is_refused_before_any_work(tmp_path, option, value, named) -> None:
     out = tmp_path / "results.json"
-    result = CliRunner().invoke(app, ["bench", "--quick", option, value, "--out", str(out)])
+    args = ["bench", "--quick", "--device", "cpu", option, value, "--out", str(out)]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code != 0 and named in result.output
     assert not out.exists()

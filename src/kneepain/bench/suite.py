@@ -24,6 +24,7 @@ from kneepain import __version__
 from kneepain.bench.machine import load_average, machine_info
 from kneepain.bench.report import guarded, skipped
 from kneepain.config import preset_path
+from kneepain.hardware import REQUESTS, resolve_precision
 
 SECTIONS = ("preprocessing", "headers", "training", "published_vs_ours", "predict")
 
@@ -59,9 +60,9 @@ class BenchOptions:
             raise ValueError(f"width must be positive, got {self.width}")
         if self.comparison_preset is not None:
             preset_path(self.comparison_preset)  # an unknown name or a missing file fails before any work
-        if self.comparison_precision not in (None, "auto", "fp32", "bf16"):
+        if self.comparison_precision not in (None, *REQUESTS):
             asked = self.comparison_precision
-            raise ValueError(f"comparison precision must be auto, fp32 or bf16, got {asked!r}")
+            raise ValueError(f"comparison precision must be one of {', '.join(REQUESTS)}, got {asked!r}")
         if self.input_size is not None and self.input_size < 16:
             raise ValueError(f"input_size must be at least 16, got {self.input_size}")
         for name in ("subjects", "pairs", "steps", "rounds", "epochs", "threads", "workers"):
@@ -118,6 +119,8 @@ def _sections(options: BenchOptions, device: torch.device, space) -> dict[str, C
 def run_bench(options: BenchOptions, on_section: Callable[[str, dict], None] | None = None) -> dict[str, Any]:
     """Measure the chosen sections; returns the report (machine, load, options, sections)."""
     device = resolve_device(options.device)
+    if options.comparison_precision is not None:
+        resolve_precision(options.comparison_precision, device)  # fp16 without CUDA fails before any work
     threads_before = torch.get_num_threads()
     if options.threads:
         torch.set_num_threads(options.threads)

@@ -54,8 +54,8 @@ def register(app: typer.Typer) -> None:
         comparison_precision: str | None = typer.Option(
             None,
             "--comparison-precision",
-            help="Published-vs-ours: precision of our rows, auto | fp32 | bf16 (default: the preset's; "
-            "the published row is fp32, as the published code).",
+            help="Published-vs-ours: precision of our rows, auto | fp32 | bf16 | fp16 (CUDA) (default: "
+            "the preset's; the published row is fp32, as the published code).",
         ),
     ) -> None:
         """Measure training, published-vs-ours, preprocessing, DICOM headers and predict speed."""
